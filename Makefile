@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh clone:
+#   make demo   create .venv if missing, install, run the main job, print the result table
+#   make test   same set-up, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Offline copies of downloadable weights and data (see README, "Offline assets").
+ifneq ($(wildcard ../shared/assets),)
+GENIE_ASSETS ?= $(abspath ../shared/assets)
+endif
+export GENIE_ASSETS
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[notebooks,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m genie run --model resnet20_cifar10 --w-bits 4 --a-bits 4 --data real --samples 256 \
+		--recon-iters 300 --quantizer genie --seed 0 --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

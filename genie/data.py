@@ -1,0 +1,244 @@
+"""Data: CIFAR-10 from the offline ``.npz`` assets or torchvision, ImageNet-style folders, and
+top-1/top-5 evaluation.
+
+Images handed to models are float tensors ``(N, 3, H, W)`` already normalised with the model's
+mean and std (see :class:`genie.models.ModelSpec`); distilled images live in the same space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .assets import RemoteFile, asset_dir, cache_dir, fetch
+from .errors import AssetError, GenieError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# Offline CIFAR-10 files (see the asset MANIFEST). They have no public URL: without them the
+# loaders fall back to torchvision's CIFAR10 download.
+NPZ_FILES = {
+    "cifar10_test": RemoteFile(
+        "data/cifar10_test.npz", None, "cfce7ce075e8a97eb8dff2d8fb9268413511e4e8afe116fdf8214a5ea93875ef"
+    ),
+    "cifar10_test_first100_lossless": RemoteFile(
+        "data/cifar10_test_first100_lossless.npz",
+        None,
+        "d43520965366cf92c3edb2df33abfe79e5d895ae6dff996e134feb12d89b846c",
+    ),
+    "cifar10_train_calib5k": RemoteFile(
+        "data/cifar10_train_calib5k.npz", None, "b4e0f659ffffa7792aea45e0d333c2b3dddeb4bcc64e1b74650f1a51a26dd94a"
+    ),
+}
+
+
+@dataclass
+class LabeledImages:
+    """Normalised images ``(N, 3, H, W)`` float32 with int64 ``labels`` ``(N,)``; ``source`` says
+    where they came from (a file name, for reports)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def normalize_uint8(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` RGB -> float32 ``(N, 3, H, W)`` normalised with ``mean``/``std``."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise GenieError(f"expected uint8 images of shape (N, H, W, 3), got {tuple(images.shape)}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub_(mean_t).div_(std_t).contiguous()
+
+
+def load_npz(name: str) -> tuple:
+    """``(images uint8 (N,32,32,3), labels int64 (N,), source)`` of an offline CIFAR-10 file.
+
+    ``name`` is a key of :data:`NPZ_FILES` or a path to an ``.npz`` with ``images`` and ``labels``.
+    """
+    if name in NPZ_FILES:
+        path = fetch(NPZ_FILES[name])
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise AssetError(f"no such data file: {name} (known names: {', '.join(NPZ_FILES)})")
+    with np.load(path, allow_pickle=False) as blob:
+        if "images" not in blob or "labels" not in blob:
+            raise GenieError(f"{path} must hold arrays 'images' (N,H,W,3 uint8) and 'labels' (N,)")
+        return blob["images"], blob["labels"].astype(np.int64), path.name
+
+
+def _have_npz(key: str) -> bool:
+    root = asset_dir()
+    rel = NPZ_FILES[key].relpath
+    return (root is not None and (root / rel).is_file()) or (cache_dir() / rel).is_file()
+
+
+def _torchvision_cifar10(train: bool, root: Optional[str], download: bool) -> tuple:
+    import torchvision
+
+    root = root or str(cache_dir() / "cifar10")
+    try:
+        dataset = torchvision.datasets.CIFAR10(root, train=train, download=download)
+    except Exception as exc:
+        raise AssetError(
+            f"CIFAR-10 not available: no offline file under $GENIE_ASSETS/data and torchvision's "
+            f"CIFAR10 at {root} failed ({exc}). Set GENIE_ASSETS to the asset directory or pass "
+            "root= to an existing torchvision CIFAR-10 copy."
+        ) from None
+    split = "train" if train else "test"
+    return dataset.data, np.asarray(dataset.targets, dtype=np.int64), f"torchvision CIFAR10 {split}"
+
+
+def cifar10_test(
+    mean: Sequence[float], std: Sequence[float], source: str = "auto", root: Optional[str] = None
+) -> LabeledImages:
+    """The CIFAR-10 test set, normalised.
+
+    ``source``: ``"npz"`` (offline ``cifar10_test.npz``: JPEG-degraded, see the MANIFEST),
+    ``"lossless100"`` (the first 100 test images, lossless), ``"torchvision"`` (the real test set
+    under ``root``, downloaded if missing) or ``"auto"`` (npz when present, else torchvision).
+    """
+    if source == "auto":
+        source = "npz" if _have_npz("cifar10_test") else "torchvision"
+    if source == "npz":
+        images, labels, name = load_npz("cifar10_test")
+    elif source == "lossless100":
+        images, labels, name = load_npz("cifar10_test_first100_lossless")
+    elif source == "torchvision":
+        images, labels, name = _torchvision_cifar10(False, root, download=True)
+    else:
+        raise GenieError(f"unknown CIFAR-10 test source {source!r}: use auto, npz, lossless100 or torchvision")
+    return LabeledImages(normalize_uint8(images, mean, std), torch.from_numpy(labels), name)
+
+
+def cifar10_calibration(
+    num_images: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int = 0,
+    source: str = "auto",
+    root: Optional[str] = None,
+) -> LabeledImages:
+    """``num_images`` real CIFAR-10 training images for few-shot calibration, normalised.
+
+    Drawn without replacement by a generator seeded with ``seed`` from ``cifar10_train_calib5k.npz``
+    (``source="npz"``, 5000 images) or torchvision's training set (``"torchvision"``).
+    """
+    if num_images <= 0:
+        raise GenieError(f"number of calibration images must be positive, got {num_images}")
+    if source == "auto":
+        source = "npz" if _have_npz("cifar10_train_calib5k") else "torchvision"
+    if source == "npz":
+        images, labels, name = load_npz("cifar10_train_calib5k")
+    elif source == "torchvision":
+        images, labels, name = _torchvision_cifar10(True, root, download=True)
+    else:
+        raise GenieError(f"unknown CIFAR-10 calibration source {source!r}: use auto, npz or torchvision")
+    if num_images > len(labels):
+        raise GenieError(f"asked for {num_images} calibration images but {name} holds {len(labels)}")
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(labels), generator=generator)[:num_images].numpy()
+    return LabeledImages(
+        normalize_uint8(images[pick], mean, std), torch.from_numpy(labels[pick]), f"{name} ({num_images} images, seed {seed})"
+    )
+
+
+def image_folder(
+    root: Union[str, Path],
+    image_size: int = 224,
+    resize: Optional[int] = None,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+):
+    """An ImageNet-style folder (``root/<class>/<image>``) as a torchvision ``ImageFolder``
+    yielding normalised ``(3, image_size, image_size)`` tensors (resize to ``resize``, default
+    ``image_size * 8 // 7``, then centre crop)."""
+    import torchvision
+    from torchvision import transforms as T
+
+    if not Path(root).is_dir():
+        raise AssetError(f"image folder {root} does not exist; expected root/<class>/<image files>")
+    transform = T.Compose(
+        [
+            T.Resize(resize or image_size * 8 // 7),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+    return torchvision.datasets.ImageFolder(str(root), transform=transform)
+
+
+def sample_images(dataset, num_images: int, seed: int = 0) -> LabeledImages:
+    """``num_images`` items drawn without replacement (seeded) from a ``(image, label)`` dataset,
+    stacked into tensors: calibration images from an image folder."""
+    if not 0 < num_images <= len(dataset):
+        raise GenieError(f"cannot draw {num_images} images from a dataset of {len(dataset)}")
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(dataset), generator=generator)[:num_images].tolist()
+    items = [dataset[i] for i in pick]
+    images = torch.stack([torch.as_tensor(x) for x, _ in items])
+    labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+    return LabeledImages(images, labels, f"{len(pick)} images drawn with seed {seed}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model without any)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data, batch_size: Optional[int] = None, progress: bool = True, desc: str = "evaluate"
+) -> dict:
+    """Top-1 and top-5 accuracy (%) of ``model`` on ``data``.
+
+    ``data`` is a :class:`LabeledImages`, an ``(images, labels)`` pair of tensors, or a dataset /
+    iterable of ``(images, labels)`` batches. Runs on the model's device, in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    device = model_device(model)
+    if batch_size is None:
+        batch_size = 1000 if device.type == "cuda" else 100  # small batches stay in CPU caches
+    was_training = model.training
+    model.eval()
+    if isinstance(data, LabeledImages):
+        data = (data.images, data.labels)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
+        images, labels = data
+        batches = ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size))
+        total = (len(labels) + batch_size - 1) // batch_size
+    elif isinstance(data, torch.utils.data.Dataset):
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        batches, total = iter(loader), len(loader)
+    else:
+        batches, total = iter(data), None
+    correct1 = torch.zeros((), dtype=torch.int64, device=device)
+    correct5 = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    for x, y in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cpu" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions
+        logits = model(x)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top == y[:, None]
+        correct1 += hit[:, 0].sum()
+        correct5 += hit.any(dim=1).sum()
+        count += len(y)
+    model.train(was_training)
+    if count == 0:
+        raise GenieError("evaluate() got no data")
+    return {"top1": 100.0 * correct1.item() / count, "top5": 100.0 * correct5.item() / count, "n": count}

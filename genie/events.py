@@ -1,0 +1,85 @@
+"""Events that long-running steps send to a callback, for progress displays and live plots.
+
+A callback is any callable taking one event. Loss values are gathered on the device and
+delivered in chunks (``losses``: a CPU float tensor of the iterations since the last event), so
+the hot loop never waits for the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+Callback = Optional[Callable[[object], None]]
+
+
+@dataclass
+class UnitStart:
+    """Reconstruction of unit ``index`` (of ``total``) begins; ``init_error`` is its error with
+    round-to-nearest weights and searched step sizes (mean squared error summed over features)."""
+
+    index: int
+    total: int
+    name: str
+    kind: str
+    iters: int
+    init_error: float
+
+
+@dataclass
+class UnitProgress:
+    """Reconstruction losses of iterations ``[start, start + len(losses))`` of unit ``index``."""
+
+    index: int
+    name: str
+    start: int
+    losses: torch.Tensor
+
+
+@dataclass
+class UnitEnd:
+    """Unit ``index`` is done: errors before/after (same measure as :class:`UnitStart`), the whole
+    loss curve and the wall time in seconds."""
+
+    index: int
+    name: str
+    kind: str
+    init_error: float
+    final_error: float
+    losses: torch.Tensor
+    seconds: float
+
+
+@dataclass
+class DistillProgress:
+    """Distillation losses (total, per batch) of iterations ``[start, start + len)``:
+    ``losses`` has shape ``(iterations, batches)``; ``batches`` are their global indices."""
+
+    start: int
+    batches: list
+    losses: torch.Tensor
+
+
+@dataclass
+class DistillSnapshot:
+    """Images of ``batches`` at ``iteration`` (CPU tensor ``(n, 3, H, W)``, normalised space)."""
+
+    iteration: int
+    batches: list
+    images: torch.Tensor
+
+
+@dataclass
+class BatchDone:
+    """Distilled batch ``batch`` finished with final BNS loss ``loss``."""
+
+    batch: int
+    loss: float
+    seconds: float
+    per_layer: Optional[torch.Tensor] = field(default=None)
+
+
+def emit(callback: Callback, event) -> None:
+    if callback is not None:
+        callback(event)

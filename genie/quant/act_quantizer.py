@@ -1,0 +1,93 @@
+"""Activation quantizer: per-tensor LSQ step size with QDrop.
+
+States:
+* ``enabled=False``: identity (the network input of the first layer, or a quantizer switched off);
+* not yet initialised: identity, except while observing data for the step-size search;
+* initialised: fake quantization with the learned step size ``scale``; during reconstruction each
+  element keeps its FP value with probability ``drop_prob`` (QDrop; 0 disables it, 1 keeps the
+  tensor entirely FP).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .fake_quant import bernoulli_mask, lsq_fake_quant
+from .step_size import DEFAULT_P, ActRangeSearch, act_qrange
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor activation fake quantizer (symmetric, signed if the data has negatives)."""
+
+    def __init__(self, bits: int = 8):
+        super().__init__()
+        self.bits = bits
+        self.signed = False
+        self.enabled = True
+        self.initialized = False
+        self.scale = nn.Parameter(torch.ones(()))
+        self.drop_prob = 0.0
+        self.generator: Optional[torch.Generator] = None  # draws the QDrop masks
+        # a unit's input quantizer during reconstruction: dropped elements take the FP model's
+        # value of the input instead of the student's own (QDrop's input mixing)
+        self.fp_source: Optional[torch.Tensor] = None
+        self._search: Optional[ActRangeSearch] = None
+        self._phase = None
+
+    # --- state kept in state_dict (python attributes, so no host sync in forward) ---
+    def get_extra_state(self):
+        return {"bits": self.bits, "signed": self.signed, "enabled": self.enabled, "initialized": self.initialized}
+
+    def set_extra_state(self, state):
+        self.bits = int(state["bits"])
+        self.signed = bool(state["signed"])
+        self.enabled = bool(state["enabled"])
+        self.initialized = bool(state["initialized"])
+
+    @property
+    def qrange(self) -> tuple:
+        return act_qrange(self.bits, self.signed)
+
+    # --- step-size search: two passes over the calibration data ---
+    def begin_observe(self, p: float = DEFAULT_P) -> None:
+        """Start the range pass of the step-size search (inputs pass through unchanged)."""
+        self._search = ActRangeSearch(self.bits, p)
+        self._phase = "range"
+
+    def next_observe_pass(self) -> None:
+        """Switch from the range pass to the error pass."""
+        self._phase = "error"
+
+    @torch.no_grad()
+    def end_observe(self) -> None:
+        """Set ``scale`` and ``signed`` from the search; the quantizer is then active."""
+        scale, signed = self._search.result()
+        self.scale.data = scale.to(self.scale.device, self.scale.dtype)
+        self.signed = signed
+        self.initialized = True
+        self._search, self._phase = None, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self._phase is not None:
+            if self._phase == "range":
+                self._search.observe_range(x)
+            else:
+                self._search.observe_error(x)
+            return x
+        if not self.initialized:
+            return x
+        qmin, qmax = self.qrange
+        keep_fp = None
+        if self.drop_prob > 0.0:
+            if self.drop_prob >= 1.0 and self.fp_source is None:
+                return x
+            keep_fp = bernoulli_mask(x, self.drop_prob, self.generator)
+        return lsq_fake_quant(x, self.scale, qmin, qmax, keep_fp, self.fp_source)
+
+    def extra_repr(self) -> str:
+        state = "off" if not self.enabled else f"{'int' if self.signed else 'uint'}{self.bits}"
+        return f"{state}, initialized={self.initialized}"

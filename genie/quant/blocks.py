@@ -1,0 +1,127 @@
+"""Reconstruction blocks: a table from FP block types to the parts of their quantized version.
+
+A block is quantized as :class:`QuantBlock`: one input quantizer whose output feeds *both* the
+main path and the shortcut (so the residual branch adds the quantized input, as an integer model
+would), the main path with an activation quantizer in front of every convolution after the
+first, the residual add, and an optional activation after it. The block's output is quantized by
+whatever consumes it next.
+
+To support another block type, add an entry ``{MyBlock: my_parts_fn}`` (see :class:`BlockParts`)
+through the ``blocks`` argument of :func:`genie.quant.quantize_model`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..models.cifar_resnet import CifarBasicBlock
+from .act_quantizer import ActQuantizer
+
+
+@dataclass
+class BlockParts:
+    """How an FP block computes: ``post(main(x) + shortcut(x))``.
+
+    ``main``: modules applied in order; ``shortcut``: ``None`` for no residual add,
+    ``nn.Identity()`` for an identity residual; ``post``: applied after the add (or ``None``).
+    """
+
+    main: list
+    shortcut: Optional[nn.Module]
+    post: Optional[nn.Module] = None
+
+
+def flatten_sequential(modules) -> list:
+    """Expand nested ``nn.Sequential`` containers (e.g. Conv2dNormActivation) into one list."""
+    flat = []
+    for m in modules:
+        if isinstance(m, nn.Sequential):
+            flat.extend(flatten_sequential(m.children()))
+        else:
+            flat.append(m)
+    return flat
+
+
+def _cifar_basic(block: CifarBasicBlock) -> BlockParts:
+    return BlockParts([block.conv1, block.bn1, block.relu, block.conv2, block.bn2], block.shortcut, block.relu)
+
+
+def _tv_basic(block) -> BlockParts:
+    shortcut = block.downsample if block.downsample is not None else nn.Identity()
+    return BlockParts([block.conv1, block.bn1, block.relu, block.conv2, block.bn2], shortcut, block.relu)
+
+
+def _tv_bottleneck(block) -> BlockParts:
+    main = [block.conv1, block.bn1, block.relu, block.conv2, block.bn2, block.relu, block.conv3, block.bn3]
+    shortcut = block.downsample if block.downsample is not None else nn.Identity()
+    return BlockParts(main, shortcut, block.relu)
+
+
+def _tv_inverted_residual(block) -> BlockParts:
+    return BlockParts(flatten_sequential(block.conv.children()), nn.Identity() if block.use_res_connect else None)
+
+
+def _tv_mnasnet_inverted_residual(block) -> BlockParts:
+    return BlockParts(flatten_sequential(block.layers.children()), nn.Identity() if block.apply_residual else None)
+
+
+def _tv_regnet_bottleneck(block) -> BlockParts:
+    shortcut = block.proj if block.proj is not None else nn.Identity()
+    return BlockParts(flatten_sequential(block.f.children()), shortcut, block.activation)
+
+
+def default_block_table() -> dict:
+    """``{block type: parts function}`` for the project's CIFAR block and torchvision's blocks."""
+    from torchvision.models import mnasnet, mobilenetv2, regnet, resnet
+
+    return {
+        CifarBasicBlock: _cifar_basic,
+        resnet.BasicBlock: _tv_basic,
+        resnet.Bottleneck: _tv_bottleneck,
+        mobilenetv2.InvertedResidual: _tv_inverted_residual,
+        mnasnet._InvertedResidual: _tv_mnasnet_inverted_residual,
+        regnet.ResBottleneckBlock: _tv_regnet_bottleneck,
+    }
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.Linear))
+
+
+class QuantBlock(nn.Module):
+    """Quantized residual block: ``post(main(q(x)) + shortcut(q(x)))`` with ``q`` the shared
+    input quantizer. ``main`` holds an :class:`ActQuantizer` in front of each weight layer after
+    the first. Built by :func:`genie.quant.quantize_model`; ``source_type`` names the FP block."""
+
+    def __init__(self, parts: BlockParts, source_type: str):
+        super().__init__()
+        self.source_type = source_type
+        self.input_quant = ActQuantizer()
+        main, seen_layer = [], False
+        for m in parts.main:
+            if is_weight_layer(m):
+                if seen_layer:
+                    main.append(ActQuantizer())
+                seen_layer = True
+            main.append(m)
+        self.main = nn.Sequential(*main)
+        self.shortcut = parts.shortcut
+        self.has_residual = parts.shortcut is not None
+        self.post = parts.post if parts.post is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_quant(x)
+        out = self.main(x)
+        if self.has_residual:
+            out = out + self.shortcut(x)
+        return self.post(out)
+
+    def extra_repr(self) -> str:
+        return f"from {self.source_type}"
+
+
+BlockTable = dict  # {type: Callable[[nn.Module], BlockParts]}
+PartsFn = Callable[[nn.Module], BlockParts]

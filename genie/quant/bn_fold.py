@@ -1,0 +1,86 @@
+"""Folding BatchNorm into the preceding convolution (what a deployed integer model does).
+
+``W' = W * gamma / sqrt(var + eps)`` per output channel,
+``b' = (b - mean) * gamma / sqrt(var + eps) + beta``; the BN module becomes ``nn.Identity``.
+Pairs are found from the traced graph (a Conv2d whose only consumer is a BatchNorm2d); for
+models torch.fx cannot trace, from module registration order (a BatchNorm2d registered right
+after a Conv2d with as many channels), with a warning.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+
+def _pairs_from_graph(model: nn.Module) -> list:
+    import torch.fx
+
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (
+            isinstance(src, torch.fx.Node)
+            and src.op == "call_module"
+            and isinstance(modules.get(src.target), nn.Conv2d)
+            and len(src.users) == 1
+        ):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def _pairs_from_registration_order(model: nn.Module) -> list:
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and b.num_features == a.out_channels:
+                prefix = f"{parent_name}." if parent_name else ""
+                pairs.append((prefix + name_a, prefix + name_b))
+    return pairs
+
+
+def find_conv_bn_pairs(model: nn.Module) -> list:
+    """``[(conv_name, bn_name), ...]`` of BatchNorm2d layers that directly follow a Conv2d."""
+    try:
+        return _pairs_from_graph(model)
+    except Exception as exc:  # torch.fx raises many kinds of errors on dynamic code
+        warnings.warn(
+            f"torch.fx could not trace {type(model).__name__} ({exc.__class__.__name__}); "
+            "pairing Conv2d and BatchNorm2d by registration order instead",
+            stacklevel=3,
+        )
+        return _pairs_from_registration_order(model)
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` (eval statistics) into ``conv`` in place; ``conv`` gains a bias."""
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight if bn.affine else torch.ones_like(std)
+    beta = bn.bias if bn.affine else torch.zeros_like(std)
+    factor = gamma / std
+    conv.weight.mul_(factor.view(-1, *([1] * (conv.weight.dim() - 1))))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    new_bias = (bias - bn.running_mean) * factor + beta
+    conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every Conv2d -> BatchNorm2d pair of ``model`` in place; returns how many were folded."""
+    pairs = find_conv_bn_pairs(model)
+    for conv_name, bn_name in pairs:
+        fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        _set_submodule(model, bn_name, nn.Identity())
+    return len(pairs)

@@ -1,0 +1,67 @@
+"""Quantized Conv2d / Linear: fake-quantized weight, optionally its own input quantizer."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import GenieError
+from .act_quantizer import ActQuantizer
+from .weight_quantizer import WeightQuantizer
+
+
+class QuantLayer(nn.Module):
+    """A ``Conv2d`` or ``Linear`` whose weight goes through a :class:`WeightQuantizer`.
+
+    ``own_input_quant``: the layer quantizes its own input (a layer outside any block). Inside a
+    block the block places the activation quantizers, so the layer has none.
+    The FP weight and bias are buffers: the only trainable tensors are quantization parameters.
+    """
+
+    def __init__(self, layer: nn.Module, method: str, own_input_quant: bool):
+        super().__init__()
+        if isinstance(layer, nn.Conv2d):
+            self.kind = "conv"
+            self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+            self.groups, self.padding_mode = layer.groups, layer.padding_mode
+            self._reversed_padding = getattr(layer, "_reversed_padding_repeated_twice", None)
+        elif isinstance(layer, nn.Linear):
+            self.kind = "linear"
+        else:
+            raise GenieError(f"QuantLayer takes Conv2d or Linear, got {type(layer).__name__}")
+        self.in_features = layer.in_channels if self.kind == "conv" else layer.in_features
+        self.out_features = layer.out_channels if self.kind == "conv" else layer.out_features
+        self.register_buffer("weight", layer.weight.detach().clone())
+        bias = layer.bias.detach().clone() if layer.bias is not None else None
+        self.register_buffer("bias", bias)
+        self.weight_quant = WeightQuantizer(method)
+        self.input_quant: Optional[ActQuantizer] = ActQuantizer() if own_input_quant else None
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quant(self.weight)
+
+    def finalize(self) -> None:
+        """Hard-round the weight and drop the FP copy: only integers, scales and zero points remain."""
+        if self.weight_quant.is_integer:
+            return
+        self.weight_quant.finalize(self.weight)
+        shape = self.weight.shape
+        del self.weight
+        self.register_buffer("weight", None)
+        self.weight_shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        w = self.weight_quant(self.weight)
+        if self.kind == "linear":
+            return F.linear(x, w, self.bias)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding, mode=self.padding_mode)
+            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind} {self.in_features}->{self.out_features}"

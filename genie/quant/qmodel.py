@@ -1,0 +1,372 @@
+"""Building a quantized model from any CNN: blocks from the block table become
+:class:`QuantBlock` units, remaining Conv2d/Linear layers become single-layer units.
+
+Bit settings (method card, GENIE-M):
+* ``"brecq"`` (default; the paper's Tables 2, 3, 5): the first layer's weights and the last
+  layer's weights and input at 8 bits, the first quantized activation after the first layer
+  (the second layer's input) at 8 bits, everything else at the target bits;
+* ``"all"`` (Table 4, the AIT/GDFQ setting): every weight and activation at the target bits.
+In both the network input (the image) is not quantized: it is 8-bit data already.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import GenieError
+from .act_quantizer import ActQuantizer
+from .blocks import BlockParts, QuantBlock, default_block_table, flatten_sequential, is_weight_layer
+from .bn_fold import fold_batchnorm
+from .layers import QuantLayer
+from .step_size import DEFAULT_P
+from .weight_quantizer import WEIGHT_METHODS
+
+SETTINGS = ("brecq", "all")
+_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass
+class QuantConfig:
+    """How a model is quantized. Bits are integers in 2..8."""
+
+    w_bits: int = 4
+    a_bits: int = 4
+    quantizer: str = "genie"  # genie | adaround | nearest
+    setting: str = "brecq"  # brecq | all
+    fold_bn: bool = True
+    p_norm: float = DEFAULT_P  # norm of the step-size search (Eq. 16)
+
+    def validate(self) -> "QuantConfig":
+        for name in ("w_bits", "a_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
+                raise GenieError(f"{name} must be an integer from 2 to 8, got {value!r}")
+        if self.quantizer not in WEIGHT_METHODS:
+            raise GenieError(f"unknown quantizer {self.quantizer!r}; use one of {', '.join(WEIGHT_METHODS)}")
+        if self.setting not in SETTINGS:
+            raise GenieError(f"unknown bit setting {self.setting!r}; use one of {', '.join(SETTINGS)}")
+        if not self.p_norm > 0:
+            raise GenieError(f"p_norm must be positive, got {self.p_norm}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_example(model: nn.Module, example: torch.Tensor) -> None:
+    if not torch.is_tensor(example) or example.dim() != 4 or not example.is_floating_point():
+        shape = tuple(example.shape) if torch.is_tensor(example) else type(example).__name__
+        raise GenieError(
+            f"calibration images must be a float tensor of shape (N, C, H, W), got {shape}"
+        )
+    if example.shape[0] == 0:
+        raise GenieError("calibration images are empty (N = 0)")
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and example.shape[1] != first.in_channels:
+        raise GenieError(
+            f"calibration images have {example.shape[1]} channels but the model's first convolution "
+            f"expects {first.in_channels}: expected shape (N, {first.in_channels}, H, W), got {tuple(example.shape)}"
+        )
+
+
+def _check_layers(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, _UNSUPPORTED):
+            raise GenieError(
+                f"layer {name!r} is a {type(m).__name__}, which genie cannot quantize; supported weight "
+                "layers are Conv2d and Linear"
+            )
+    if not any(is_weight_layer(m) for m in model.modules()):
+        raise GenieError(
+            f"{type(model).__name__} has no quantizable layer (Conv2d or Linear); nothing to quantize"
+        )
+
+
+def prepare_fp_model(model: nn.Module, fold_bn: bool) -> nn.Module:
+    """An eval-mode FP copy with frozen parameters, non-in-place activations and, if asked,
+    BatchNorm folded: the teacher that block outputs are matched against."""
+    fp = copy.deepcopy(model).eval()
+    for p in fp.parameters():
+        p.requires_grad_(False)
+    for m in fp.modules():
+        if hasattr(m, "inplace") and isinstance(m.inplace, bool):
+            m.inplace = False  # activations are reused by the shortcut and the quantizers
+    if fold_bn:
+        fold_batchnorm(fp)
+    return fp
+
+
+def _quantize_layers(module: nn.Module, method: str, own_input_quant: bool) -> None:
+    """Replace every Conv2d/Linear below ``module`` by a QuantLayer."""
+    for name, child in module.named_children():
+        if is_weight_layer(child):
+            setattr(module, name, QuantLayer(child, method, own_input_quant))
+        elif not isinstance(child, (QuantLayer, ActQuantizer)):
+            _quantize_layers(child, method, own_input_quant)
+
+
+def _with_act_quants(modules: list) -> list:
+    out, seen = [], False
+    for m in modules:
+        if is_weight_layer(m):
+            if seen:
+                out.append(ActQuantizer())
+            seen = True
+        out.append(m)
+    return out
+
+
+def _build_block(block: nn.Module, parts: BlockParts, method: str) -> QuantBlock:
+    qblock = QuantBlock(parts, type(block).__name__)
+    # weight layers on the main path read a quantized tensor placed by the block
+    for i, m in enumerate(qblock.main):
+        if is_weight_layer(m):
+            qblock.main[i] = QuantLayer(m, method, own_input_quant=False)
+    if isinstance(qblock.shortcut, nn.Sequential):
+        qblock.shortcut = nn.Sequential(*_with_act_quants(flatten_sequential(qblock.shortcut.children())))
+    if is_weight_layer(qblock.shortcut):
+        qblock.shortcut = QuantLayer(qblock.shortcut, method, own_input_quant=False)
+    elif isinstance(qblock.shortcut, nn.Sequential):
+        for i, m in enumerate(qblock.shortcut):
+            if is_weight_layer(m):
+                qblock.shortcut[i] = QuantLayer(m, method, own_input_quant=False)
+    # anything deeper (e.g. squeeze-excitation) quantizes its own inputs
+    _quantize_layers(qblock, method, own_input_quant=True)
+    return qblock
+
+
+def _transform(module: nn.Module, table: dict, method: str, prefix: str, units: list) -> None:
+    for name, child in module.named_children():
+        full = prefix + name
+        parts_fn = table.get(type(child))
+        if parts_fn is not None:
+            setattr(module, name, _build_block(child, parts_fn(child), method))
+            units.append(full)
+        elif is_weight_layer(child):
+            setattr(module, name, QuantLayer(child, method, own_input_quant=True))
+            units.append(full)
+        else:
+            _transform(child, table, method, full + ".", units)
+
+
+class QuantizedModel(nn.Module):
+    """A fake-quantized copy of a CNN (``net``), its :class:`QuantConfig` and its reconstruction
+    units (in execution order). Keeps the FP teacher (BN folded like the student) for
+    reconstruction; it is not part of ``state_dict``."""
+
+    def __init__(self, net: nn.Module, config: QuantConfig, unit_names: list, teacher: Optional[nn.Module]):
+        super().__init__()
+        self.net = net
+        self.config = config
+        self.unit_names = list(unit_names)
+        self._teacher = [teacher]  # a list hides it from state_dict() and .to()
+        self.arch: Optional[str] = None  # zoo name, when built from the zoo (for save/load)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        return self._teacher[0]
+
+    def release_teacher(self) -> None:
+        """Drop the FP teacher (after reconstruction) to free its memory."""
+        self._teacher[0] = None
+
+    def units(self) -> list:
+        """``[(name, module)]`` of the reconstruction units, in execution order."""
+        return [(n, self.net.get_submodule(n)) for n in self.unit_names]
+
+    def layers(self) -> list:
+        """``[(name, QuantLayer)]`` in module order."""
+        return [(n, m) for n, m in self.net.named_modules() if isinstance(m, QuantLayer)]
+
+    def act_quantizers(self) -> list:
+        return [(n, m) for n, m in self.net.named_modules() if isinstance(m, ActQuantizer)]
+
+    def finalize(self) -> None:
+        """Hard-round every weight and keep integers only (done by reconstruction per unit)."""
+        for _, layer in self.layers():
+            layer.finalize()
+
+    @contextmanager
+    def quantization_disabled(self, weights: bool = True, activations: bool = True):
+        """Temporarily run the FP function (for comparisons): weights and/or activations."""
+        saved = []
+        if weights:
+            for _, layer in self.layers():
+                saved.append((layer.weight_quant, layer.weight_quant.enabled))
+                layer.weight_quant.enabled = False
+        if activations:
+            for _, q in self.act_quantizers():
+                saved.append((q, q.enabled))
+                q.enabled = False
+        try:
+            yield self
+        finally:
+            for q, state in saved:
+                q.enabled = state
+
+    def bit_summary(self) -> list:
+        """``[(name, kind, bits)]`` for every weight and activation quantizer (for reports)."""
+        rows = [(n, "weight", l.weight_quant.bits) for n, l in self.layers()]
+        rows += [(n, "activation", q.bits if q.enabled else None) for n, q in self.act_quantizers()]
+        return rows
+
+
+def _probe(qm: QuantizedModel, teacher: nn.Module, example: torch.Tensor) -> dict:
+    """One FP pass through student (all quantizers off) and teacher.
+
+    Returns the execution order of weight layers (when they finish) and activation quantizers
+    (when they start) as one list, and the units in the order they start; checks that every
+    block's parts reproduce its FP output and that no unit runs twice.
+    """
+    order, unit_order, counts, student_out, teacher_out = [], [], {}, {}, {}
+    hooks = []
+
+    def record(name):
+        def hook(module, *args):
+            order.append(name)
+
+        return hook
+
+    def unit_start(name):
+        def hook(module, args):
+            counts[name] = counts.get(name, 0) + 1
+            unit_order.append(name)
+
+        return hook
+
+    def keep_output(name, store):
+        def hook(module, args, output):
+            store[name] = output.detach()
+
+        return hook
+
+    named = dict(qm.net.named_modules())
+    for name, m in named.items():
+        if isinstance(m, QuantLayer):
+            hooks.append(m.register_forward_hook(record(name)))
+        elif isinstance(m, ActQuantizer):
+            hooks.append(m.register_forward_pre_hook(record(name)))
+    for name in qm.unit_names:
+        hooks.append(named[name].register_forward_pre_hook(unit_start(name)))
+        hooks.append(named[name].register_forward_hook(keep_output(name, student_out)))
+        hooks.append(teacher.get_submodule(name).register_forward_hook(keep_output(name, teacher_out)))
+    try:
+        with torch.no_grad(), qm.quantization_disabled():
+            try:
+                teacher(example)
+            except Exception as exc:
+                raise GenieError(
+                    f"the model cannot run on calibration images of shape {tuple(example.shape)}: "
+                    f"{exc.__class__.__name__}: {exc}"
+                ) from None
+            qm.net(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    twice = [n for n in qm.unit_names if counts.get(n, 0) > 1]
+    if twice:
+        raise GenieError(
+            f"units {twice} run more than once per forward pass (shared modules); block "
+            "reconstruction needs each block and layer to run once"
+        )
+    for name in qm.unit_names:
+        if name not in student_out:
+            continue
+        a, b = student_out[name], teacher_out[name]
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * (1 + b.abs().max().item())):
+            raise GenieError(
+                f"the quantized version of block {name!r} ({type(qm.net.get_submodule(name)).__name__}) does not "
+                "reproduce its FP output: its entry in the block table is wrong"
+            )
+    return {"order": list(dict.fromkeys(order)), "units": list(dict.fromkeys(unit_order))}
+
+
+def _assign_bits(qm: QuantizedModel, order: list) -> None:
+    cfg = qm.config
+    named = dict(qm.net.named_modules())
+    layer_order = [n for n in order if isinstance(named[n], QuantLayer)]
+    act_order = [n for n in order if isinstance(named[n], ActQuantizer)]
+    if not layer_order:
+        raise GenieError("no quantizable layer ran in the forward pass; nothing to quantize")
+    first, last = layer_order[0], layer_order[-1]
+    pos = {n: i for i, n in enumerate(order)}
+    for _, layer in qm.layers():
+        layer.weight_quant.bits = cfg.w_bits
+    for name, q in qm.act_quantizers():
+        q.bits = cfg.a_bits
+        q.enabled = name in pos and pos[name] > pos[first]  # the image input stays FP
+    if cfg.setting == "brecq":
+        named[first].weight_quant.bits = 8
+        named[last].weight_quant.bits = 8
+        after_first = [a for a in act_order if pos[a] > pos[first]]
+        if after_first:
+            named[after_first[0]].bits = 8  # the second layer's input
+        before_last = [a for a in act_order if pos[first] < pos[a] < pos[last]]
+        if before_last:
+            named[before_last[-1]].bits = 8  # the last layer's input
+
+
+def _build(model: nn.Module, config: QuantConfig, blocks, device) -> QuantizedModel:
+    """Teacher (prepared FP copy) and student structure, before bits and step sizes are set."""
+    _check_layers(model)
+    teacher = prepare_fp_model(model, config.fold_bn).to(device)
+    table = {} if blocks is False else {**default_block_table(), **(blocks or {})}
+    net = copy.deepcopy(teacher)
+    if type(net) in table or is_weight_layer(net):
+        raise GenieError("the model itself is a single block or layer; wrap it in an nn.Module or nn.Sequential")
+    unit_names: list = []
+    _transform(net, table, config.quantizer, "", unit_names)
+    return QuantizedModel(net, config, unit_names, teacher)
+
+
+def quantize_model(
+    model: nn.Module,
+    example_images: torch.Tensor,
+    w_bits: int = 4,
+    a_bits: int = 4,
+    quantizer: str = "genie",
+    setting: str = "brecq",
+    fold_bn: bool = True,
+    p_norm: float = DEFAULT_P,
+    blocks: Optional[dict] = None,
+) -> QuantizedModel:
+    """Make a fake-quantized copy of ``model`` (which is not modified).
+
+    example_images: ``(N, C, H, W)`` inputs in the model's normalised space (two are used to
+    find the execution order; calibration images do). ``blocks``: extra or replacement entries
+    ``{block type: parts function}`` for the block table, or ``False`` to treat every layer as
+    its own unit. Weight step sizes are searched here; activation step sizes need data and are
+    set by :func:`genie.quant.reconstruct`.
+    """
+    config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm).validate()
+    _check_example(model, example_images)
+    qm = _build(model, config, blocks, example_images.device)
+    info = _probe(qm, qm.teacher, example_images[:2])
+    qm.unit_names = info["units"]
+    _assign_bits(qm, info["order"])
+    for _, layer in qm.layers():
+        layer.weight_quant.setup(layer.weight, layer.weight_quant.bits, p_norm)
+    return qm
+
+
+def integer_model_structure(model: nn.Module, config: QuantConfig, unit_names: list, blocks=None) -> QuantizedModel:
+    """The structure of a finalized quantized model (integer weights of the right shapes,
+    values unset), to load a saved state into. It has no teacher."""
+    qm = _build(model, config.validate(), blocks, torch.device("cpu"))
+    for _, layer in qm.layers():
+        shape = layer.weight.shape
+        layer.weight_quant.integer_placeholders(shape, config.w_bits)
+        del layer.weight
+        layer.register_buffer("weight", None)
+        layer.weight_shape = tuple(shape)
+    qm.unit_names = list(unit_names)
+    qm.release_teacher()
+    return qm

@@ -1,0 +1,80 @@
+"""Saving and loading quantized models: integer weights (uint8), per-channel scales and zero
+points, activation step sizes, bit configuration and the remaining FP tensors (biases, unfolded
+BatchNorm). Loading rebuilds the same structure and gives bit-identical outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from ..errors import GenieError
+from .qmodel import QuantConfig, QuantizedModel, integer_model_structure
+
+FORMAT = "genie.quantized-model"
+FORMAT_VERSION = 1
+
+
+def save_quantized(qmodel: QuantizedModel, path: Union[str, Path], metadata: Optional[dict] = None) -> Path:
+    """Write ``qmodel`` (finalized: every weight hard-rounded) to ``path``; returns the path.
+
+    ``metadata``: extra JSON-like information kept with the model (e.g. the run's settings).
+    """
+    from .. import __version__
+
+    not_final = [n for n, layer in qmodel.layers() if not layer.weight_quant.is_integer]
+    if not_final:
+        raise GenieError(
+            f"{len(not_final)} layers (first: {not_final[0]}) still have soft or FP weights; "
+            "run reconstruct() (iters=0 for round-to-nearest) or qmodel.finalize() before saving"
+        )
+    blob = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "genie_version": __version__,
+        "torch_version": str(torch.__version__),
+        "arch": qmodel.arch,
+        "config": qmodel.config.to_dict(),
+        "unit_names": list(qmodel.unit_names),
+        "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in qmodel.net.state_dict().items()},
+        "metadata": metadata or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, path)
+    return path
+
+
+def load_quantized(
+    path: Union[str, Path], model: Optional[nn.Module] = None, blocks=None, map_location="cpu"
+) -> QuantizedModel:
+    """Load a model written by :func:`save_quantized`.
+
+    ``model``: the FP architecture (weights are not used); needed unless the file names a zoo
+    model. ``blocks``: the same custom block-table entries used when quantizing, if any.
+    """
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GenieError(f"no quantized model at {path}") from None
+    except Exception as exc:
+        raise GenieError(f"{path} is not a readable genie quantized model: {exc}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise GenieError(f"{path} is not a genie quantized model (format {FORMAT!r} expected)")
+    if blob["format_version"] > FORMAT_VERSION:
+        raise GenieError(f"{path} has format version {blob['format_version']}; this genie reads up to {FORMAT_VERSION}")
+    if model is None:
+        if not blob.get("arch"):
+            raise GenieError(f"{path} does not name a zoo model: pass the FP model architecture as model=")
+        from ..models import load_model
+
+        model = load_model(blob["arch"], pretrained=False)
+    qm = integer_model_structure(model, QuantConfig(**blob["config"]), blob["unit_names"], blocks)
+    try:
+        qm.net.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise GenieError(f"{path} does not fit the given architecture: {exc}") from None
+    qm.arch = blob.get("arch")
+    qm.metadata = blob.get("metadata", {})
+    return qm.to(map_location).eval()

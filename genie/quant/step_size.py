@@ -1,0 +1,145 @@
+"""Step-size initialisation (Eq. 8 / Eq. 16): search the clipping ratio that minimises the
+Lp quantization error.
+
+Candidates are ratios r = 1.00, 0.99, ..., 0.01 of the tensor's range; the error is
+``mean |x - q(x)|^p`` (p = 2.4 by default). Weights: per output channel, asymmetric (scale and
+integer zero point). Activations: per tensor, symmetric; signed when the tensor has negative
+values, else unsigned. Ties go to the larger ratio.
+"""
+from __future__ import annotations
+
+import torch
+
+DEFAULT_P = 2.4
+_ELEMENTS_PER_STEP = 1 << 23  # candidates x elements evaluated at once (bounds temporary memory)
+
+
+def abs_pow_(t: torch.Tensor, p: float) -> torch.Tensor:
+    """``|t|^p`` in place. exp(p log|t|) is about twice as fast as ``pow`` on CPUs (same value to
+    float rounding; 0 stays 0)."""
+    if p == 2:
+        return t.square_()
+    return t.abs_().log_().mul_(p).exp_()
+
+
+def clip_ratios(num: int = 100, device=None) -> torch.Tensor:
+    """The candidate clipping ratios ``1.00, 0.99, ..., 0.01`` (for ``num=100``)."""
+    return torch.arange(num, 0, -1, device=device, dtype=torch.float32) / num
+
+
+def act_qrange(bits: int, signed: bool) -> tuple:
+    """Integer range ``(qmin, qmax)`` of a ``bits``-bit activation quantizer."""
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def asymmetric_params(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple:
+    """Scale and integer zero point that map ``[lo, hi]`` (lo <= 0 <= hi) onto ``[0, 2^bits - 1]``."""
+    qmax = 2**bits - 1
+    scale = ((hi - lo) / qmax).clamp(min=1e-8)
+    zero_point = torch.round(-lo / scale).clamp(0, qmax)
+    return scale, zero_point
+
+
+def quantize_asymmetric(x, scale, zero_point, bits: int):
+    """Round-to-nearest fake quantization ``s * (clamp(round(x/s) + z, 0, 2^b - 1) - z)``."""
+    return (torch.clamp(torch.round(x / scale) + zero_point, 0, 2**bits - 1) - zero_point) * scale
+
+
+def search_weight_scale(weight: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int = 100) -> tuple:
+    """Per-output-channel asymmetric step size and zero point minimising the Lp error.
+
+    weight: ``(C_out, ...)``. Returns ``(scale, zero_point)``, both ``(C_out,)`` float32
+    (the zero point holds integers in ``[0, 2^bits - 1]``).
+    """
+    w = weight.detach().reshape(weight.shape[0], -1).float()
+    lo = w.min(dim=1).values.clamp(max=0)
+    hi = w.max(dim=1).values.clamp(min=0)
+    ratios = clip_ratios(num, w.device)
+    best_err = torch.full_like(lo, float("inf"))
+    best_scale = torch.ones_like(lo)
+    best_zp = torch.zeros_like(lo)
+    qmax = 2**bits - 1
+    step = max(1, _ELEMENTS_PER_STEP // max(1, w.numel()))
+    buf = torch.empty(min(step, num), *w.shape, device=w.device)
+    for start in range(0, num, step):
+        r = ratios[start : start + step, None]  # (R, 1)
+        scale, zp = asymmetric_params(r * lo, r * hi, bits)  # (R, C)
+        s3, z3 = scale[..., None], zp[..., None]
+        q = buf[: len(r)]
+        # |w - s * (clamp(round(w / s) + z, 0, qmax) - z)|^p, in place
+        torch.div(w[None], s3, out=q)
+        q.round_().add_(z3).clamp_(0, qmax).sub_(z3).mul_(s3).sub_(w[None])
+        err = abs_pow_(q, p).mean(dim=2)  # (R, C)
+        err_min, arg = err.min(dim=0)  # first minimum: the larger ratio wins ties
+        better = err_min < best_err
+        pick = arg[None]
+        best_err = torch.where(better, err_min, best_err)
+        best_scale = torch.where(better, scale.gather(0, pick)[0], best_scale)
+        best_zp = torch.where(better, zp.gather(0, pick)[0], best_zp)
+    return best_scale, best_zp
+
+
+class ActRangeSearch:
+    """Streaming per-tensor step-size search for activations over many batches.
+
+    Two passes over the data: ``observe_range(x)`` for every batch, then ``observe_error(x)`` for
+    every batch, then ``result()`` -> ``(scale, signed)``. Exact: the same answer as a search over
+    all values at once.
+    """
+
+    def __init__(self, bits: int, p: float = DEFAULT_P, num: int = 100):
+        self.bits, self.p, self.num = bits, p, num
+        self.lo = None
+        self.hi = None
+        self.err = None
+
+    @torch.no_grad()
+    def observe_range(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach().float())
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.lo < 0)
+
+    def _scales(self) -> torch.Tensor:
+        qmin, qmax = act_qrange(self.bits, self.signed)
+        absmax = torch.maximum(self.hi.abs(), self.lo.abs()) if self.signed else self.hi.clamp(min=0)
+        return (clip_ratios(self.num, absmax.device) * absmax / qmax).clamp(min=1e-8)
+
+    @torch.no_grad()
+    def observe_error(self, x: torch.Tensor) -> None:
+        if self.lo is None:
+            raise RuntimeError("observe_range must see the data before observe_error")
+        if self.err is None:
+            self._scales_cache = self._scales()
+            self._qrange = act_qrange(self.bits, self.signed)
+            self.err = torch.zeros(self.num, dtype=torch.float64, device=x.device)
+        qmin, qmax = self._qrange
+        flat = x.detach().reshape(-1).float()
+        flat = flat[flat != 0]  # zeros (half of a ReLU output) have no error at any step size
+        scales = self._scales_cache[:, None]
+        # all candidates of a slice of the data at once, in place, sized to stay in cache on CPUs
+        per_slice = max(1, (_ELEMENTS_PER_STEP if flat.is_cuda else 1 << 20) // self.num)
+        buf = torch.empty(self.num, min(per_slice, flat.numel()), device=flat.device)
+        for part in flat.split(per_slice):
+            q = buf[:, : part.numel()]
+            torch.div(part[None], scales, out=q)
+            abs_pow_(q.round_().clamp_(qmin, qmax).mul_(scales).sub_(part[None]), self.p)
+            self.err += q.sum(dim=1, dtype=torch.float64)
+
+    def result(self) -> tuple:
+        """``(scale, signed)``: the best scale (0-d tensor) and whether the range is signed."""
+        if self.err is None:
+            raise RuntimeError("no data observed")
+        best = int(torch.argmin(self.err))  # first minimum: larger ratio wins ties
+        return self._scales_cache[best].clone(), self.signed
+
+
+def search_act_scale(x: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int = 100) -> tuple:
+    """Per-tensor symmetric step size of ``x`` (all values at once): ``(scale, signed)``."""
+    search = ActRangeSearch(bits, p, num)
+    search.observe_range(x)
+    search.observe_error(x)
+    return search.result()

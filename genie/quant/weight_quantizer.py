@@ -1,0 +1,120 @@
+"""Weight quantizers: per-output-channel, asymmetric, ``bits`` in 2..8.
+
+``method``:
+* ``"nearest"``  - round to nearest with the searched step size (nothing to learn);
+* ``"adaround"`` - AdaRound softbits V with the step size s frozen (the BRECQ/QDrop baseline);
+* ``"genie"``    - GENIE-M (Alg. 2, Eq. 11-13): softbits V *and* step size s learned jointly,
+  with the base integers ``B = floor(W / s_0)`` fixed at initialisation (detached), so
+  ``W_q = s * (clamp(B + h(V) + z, 0, 2^b - 1) - z)`` and
+  dW_q/ds = B + h(V), dW_q/dV = s * h'(V), dW_q/dB = 0 (inside the clamp range).
+
+After reconstruction :meth:`WeightQuantizer.finalize` hard-rounds (``V >= 0`` -> +1) and keeps
+only integer weights (uint8), per-channel scale and zero point: ``W_q = s * (W_int - z)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fake_quant import inverse_rectified_sigmoid, rectified_sigmoid
+from .step_size import DEFAULT_P, quantize_asymmetric, search_weight_scale
+
+WEIGHT_METHODS = ("genie", "adaround", "nearest")
+
+
+class WeightQuantizer(nn.Module):
+    """Fake quantizer for one layer's weight ``(C_out, ...)``; call :meth:`setup` before use."""
+
+    def __init__(self, method: str = "genie"):
+        super().__init__()
+        if method not in WEIGHT_METHODS:
+            raise ValueError(f"unknown weight quantizer {method!r}; use one of {', '.join(WEIGHT_METHODS)}")
+        self.method = method
+        self.bits = 8
+        self.enabled = True  # False: pass the FP weight through
+        self.soft = True  # adaround/genie: soft h(V) (True) or hard rounding V >= 0 (False)
+        self.is_integer = False
+
+    def get_extra_state(self):
+        return {"method": self.method, "bits": self.bits, "enabled": self.enabled, "is_integer": self.is_integer}
+
+    def set_extra_state(self, state):
+        self.method = state["method"]
+        self.bits = int(state["bits"])
+        self.enabled = bool(state["enabled"])
+        if bool(state["is_integer"]) and not self.is_integer:
+            raise RuntimeError("load an integer checkpoint into a quantizer made with integer_placeholders()")
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1
+
+    @torch.no_grad()
+    def setup(self, weight: torch.Tensor, bits: int, p: float = DEFAULT_P) -> None:
+        """Search the step size (Eq. 16, norm ``p``) and initialise softbits so h(V) = frac(W/s)."""
+        self.bits = bits
+        scale, zero_point = search_weight_scale(weight, bits, p)
+        shape = (weight.shape[0],) + (1,) * (weight.dim() - 1)
+        scale, zero_point = scale.view(shape).to(weight.dtype), zero_point.view(shape).to(weight.dtype)
+        self.scale = nn.Parameter(scale, requires_grad=self.method == "genie")
+        self.register_buffer("zero_point", zero_point)
+        if self.method in ("adaround", "genie"):
+            base = torch.floor(weight / scale)
+            frac = (weight / scale - base).clamp(0.0, 1.0 - 1e-6)
+            self.register_buffer("base", base)
+            self.softbits = nn.Parameter(inverse_rectified_sigmoid(frac))
+
+    def integer_placeholders(self, weight_shape, bits: int, device=None) -> None:
+        """Empty integer-form buffers of the right shapes, to load a saved quantized model into."""
+        self.bits = bits
+        shape = (weight_shape[0],) + (1,) * (len(weight_shape) - 1)
+        self.register_buffer("scale", torch.ones(shape, device=device))
+        self.register_buffer("zero_point", torch.zeros(shape, device=device))
+        self.register_buffer("w_int", torch.zeros(weight_shape, dtype=torch.uint8, device=device))
+        self.is_integer = True
+
+    def soft_offset(self) -> torch.Tensor:
+        """h(V), the soft rounding offset in [0, 1] (adaround/genie)."""
+        return rectified_sigmoid(self.softbits)
+
+    def round_regularizer(self, beta: float) -> torch.Tensor:
+        """Eq. 15's ``sum(1 - |2 h(V) - 1|^beta)``: 0 when every softbit is 0 or 1."""
+        return (1.0 - (2.0 * self.soft_offset() - 1.0).abs().pow(beta)).sum()
+
+    def integer_weight(self, weight: torch.Tensor = None) -> torch.Tensor:
+        """Hard-rounded integer weights in ``[0, 2^bits - 1]`` (float tensor)."""
+        if self.is_integer:
+            return self.w_int.to(self.scale.dtype)
+        if self.method == "nearest":
+            return torch.clamp(torch.round(weight / self.scale) + self.zero_point, 0, self.qmax)
+        hard = (self.softbits >= 0).to(self.base.dtype)
+        return torch.clamp(self.base + hard + self.zero_point, 0, self.qmax)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        if self.is_integer or self.method == "nearest" or not self.soft:
+            if self.method == "nearest" and not self.is_integer:
+                return quantize_asymmetric(weight, self.scale, self.zero_point, self.bits)
+            return (self.integer_weight(weight) - self.zero_point) * self.scale
+        w_int = torch.clamp(self.base + self.soft_offset() + self.zero_point, 0, self.qmax)
+        return (w_int - self.zero_point) * self.scale
+
+    @torch.no_grad()
+    def finalize(self, weight: torch.Tensor) -> None:
+        """Hard-round and keep only ``w_int`` (uint8), ``scale`` and ``zero_point``."""
+        if self.is_integer:
+            return
+        w_int = self.integer_weight(weight).to(torch.uint8)
+        scale = self.scale.detach().clone()
+        for name in ("scale", "softbits", "base"):
+            if hasattr(self, name):
+                delattr(self, name)
+        self.register_buffer("scale", scale)
+        self.register_buffer("w_int", w_int)
+        self.is_integer = True
+        self.soft = False
+
+    def extra_repr(self) -> str:
+        form = "integer" if self.is_integer else ("soft" if self.soft else "hard")
+        return f"{self.method}, {self.bits} bits, {form}" + ("" if self.enabled else ", off")

@@ -1,0 +1,39 @@
+"""Shared fixtures. Tests never download: GENIE_OFFLINE=1, and GENIE_ASSETS points at the
+offline asset directory (the Makefile sets it; ../shared/assets is the fallback)."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if not os.environ.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is_dir():
+    os.environ["GENIE_ASSETS"] = str(ROOT.parent / "shared" / "assets")
+os.environ["GENIE_OFFLINE"] = "1"
+torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GENIE_CACHE", str(tmp_path_factory.getbasetemp() / "genie-cache"))
+
+
+@pytest.fixture(scope="session")
+def resnet20():
+    from genie.models import load_model
+
+    return load_model("resnet20_cifar10")
+
+
+@pytest.fixture(scope="session")
+def cifar_spec():
+    from genie.models import model_spec
+
+    return model_spec("resnet20_cifar10")
+
+
+@pytest.fixture(scope="session")
+def calib64(cifar_spec):
+    from genie.data import cifar10_calibration
+
+    return cifar10_calibration(64, cifar_spec.mean, cifar_spec.std, seed=0).images

@@ -1,0 +1,32 @@
+"""Data loading and evaluation."""
+import numpy as np
+import pytest
+import torch
+
+from genie.data import cifar10_calibration, cifar10_test, evaluate, load_npz, normalize_uint8
+from genie.errors import GenieError
+
+
+def test_lossless_test_images_give_the_manifest_accuracy(resnet20, cifar_spec):
+    test = cifar10_test(cifar_spec.mean, cifar_spec.std, source="lossless100")
+    assert test.images.shape == (100, 3, 32, 32) and test.source == "cifar10_test_first100_lossless.npz"
+    result = evaluate(resnet20, test, progress=False)
+    assert result["top1"] == pytest.approx(94.0) and result["n"] == 100
+
+
+def test_calibration_draw_is_seeded(cifar_spec):
+    a = cifar10_calibration(16, cifar_spec.mean, cifar_spec.std, seed=3)
+    b = cifar10_calibration(16, cifar_spec.mean, cifar_spec.std, seed=3)
+    c = cifar10_calibration(16, cifar_spec.mean, cifar_spec.std, seed=4)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    with pytest.raises(GenieError, match="holds 5000"):
+        cifar10_calibration(6000, cifar_spec.mean, cifar_spec.std)
+
+
+def test_normalisation():
+    images = np.full((2, 4, 4, 3), 255, dtype=np.uint8)
+    x = normalize_uint8(images, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert x.shape == (2, 3, 4, 4)
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+    images, labels, name = load_npz("cifar10_test_first100_lossless")
+    assert images.dtype == np.uint8 and labels.dtype == np.int64 and name.endswith(".npz")

@@ -1,0 +1,43 @@
+"""Bar: few-shot W4A4 ResNet-20, 256 real images, 300 iterations per block, within 3 points of
+FP32 on cifar10_test.npz; run through the command line, result.json and qmodel.pt checked."""
+import json
+
+import pytest
+
+from genie.cli import main
+
+REQUIRED = [
+    "model", "w_bits", "a_bits", "data", "samples", "recon_iters", "quantizer", "seed", "device",
+    "test_file", "fp_top1", "q_top1", "recon_seconds", "total_seconds", "torch_version", "genie_version",
+]
+
+
+@pytest.fixture(scope="module")
+def fewshot_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fewshot")
+    argv = ["run", "--model", "resnet20_cifar10", "--w-bits", "4", "--a-bits", "4", "--data", "real",
+            "--samples", "256", "--recon-iters", "300", "--quantizer", "genie", "--seed", "0",
+            "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    return out, json.loads((out / "result.json").read_text())
+
+
+def test_fewshot_w4a4_is_within_3_points_of_fp32(fewshot_run):
+    _, result = fewshot_run
+    for key in REQUIRED:
+        assert key in result, key
+    assert result["test_file"] == "cifar10_test.npz" and result["test_images"] == 10000
+    assert result["fp_top1"] == pytest.approx(81.03)  # the MANIFEST's figure for this file
+    assert result["q_top1"] >= result["fp_top1"] - 3.0, result["q_top1"]
+    assert (result["w_bits"], result["a_bits"], result["samples"], result["recon_iters"]) == (4, 4, 256, 300)
+
+
+def test_saved_model_reproduces_the_reported_accuracy(fewshot_run, cifar_spec):
+    from genie.data import cifar10_test, evaluate
+    from genie.quant import load_quantized
+
+    out, result = fewshot_run
+    qmodel = load_quantized(out / "qmodel.pt")
+    assert qmodel.metadata["q_top1"] == result["q_top1"]
+    top1 = evaluate(qmodel, cifar10_test(cifar_spec.mean, cifar_spec.std), progress=False)["top1"]
+    assert top1 == result["q_top1"]

@@ -1,0 +1,111 @@
+"""Block reconstruction: events, determinism, batching, QDrop limits."""
+import pytest
+import torch
+
+from genie.errors import GenieError
+from genie.events import UnitEnd, UnitProgress, UnitStart
+from genie.quant import quantize_model, reconstruct
+from genie.quant.reconstruction import batch_indices
+
+
+def test_batch_indices_cover_every_image_equally():
+    idx = batch_indices(10, 7, 4, torch.Generator().manual_seed(0), "cpu")
+    assert idx.shape == (7, 4)
+    counts = torch.bincount(idx.flatten(), minlength=10)
+    assert counts.tolist() == [3] * 8 + [2] * 2 or sorted(counts.tolist()) == [2, 2] + [3] * 8
+
+
+def test_events_and_report(resnet20, calib64):
+    qm = quantize_model(resnet20, calib64)
+    qm.unit_names = qm.unit_names[:3]  # the first units are enough here
+    events = []
+    report = reconstruct(qm, calib64, iters=10, batch_size=16, callback=events.append, progress=False, report_every=4)
+    starts = [e for e in events if isinstance(e, UnitStart)]
+    ends = [e for e in events if isinstance(e, UnitEnd)]
+    progress = [e for e in events if isinstance(e, UnitProgress)]
+    assert [e.name for e in starts] == [e.name for e in ends] == ["conv1", "layer1.0", "layer1.1"]
+    assert [p.start for p in progress if p.index == 1] == [0, 4, 8]
+    assert sum(len(p.losses) for p in progress if p.index == 1) == 10
+    assert len(report.units) == 3 and report.units[1].losses.shape == (10,)
+    assert all(u.final_error >= 0 and u.init_error > 0 for u in report.units)
+    assert torch.equal(ends[1].losses, report.units[1].losses)
+
+
+def test_same_seed_same_model(resnet20, calib64):
+    outs = []
+    for seed in (0, 0, 1):
+        qm = quantize_model(resnet20, calib64)
+        qm.unit_names = qm.unit_names[:3]
+        reconstruct(qm, calib64, iters=20, seed=seed, progress=False)
+        with torch.no_grad():
+            outs.append(qm(calib64[:8]))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], outs[2])
+
+
+def test_any_number_of_images_and_batch_size(resnet20, calib64):
+    qm = quantize_model(resnet20, calib64[:37])
+    qm.unit_names = qm.unit_names[:2]
+    report = reconstruct(qm, calib64[:37], iters=3, batch_size=32, progress=False)
+    assert len(report.units) == 2
+    qm = quantize_model(resnet20, calib64[:5])
+    qm.unit_names = qm.unit_names[:2]
+    reconstruct(qm, calib64[:5], iters=2, batch_size=32, progress=False)  # batch larger than the set
+
+
+def test_reconstruction_lowers_the_block_error(resnet20, calib64):
+    qm = quantize_model(resnet20, calib64, w_bits=2, a_bits=4, quantizer="adaround")
+    qm.unit_names = qm.unit_names[:3]
+    report = reconstruct(qm, calib64, iters=150, progress=False)
+    # W2 round-to-nearest is poor; AdaRound lowers the error of the blocks
+    assert report.units[1].final_error < report.units[1].init_error
+    assert report.units[2].final_error < report.units[2].init_error
+
+
+def test_qdrop_limits_on_a_block(resnet20, calib64):
+    """QDrop at p=0 is the fully quantized block, at p=1 the block with FP activations (and, on
+    the block input, the FP model's input in place of the student's)."""
+    from genie.quant import ActQuantizer
+
+    qm = quantize_model(resnet20, calib64)
+    qm.unit_names = qm.unit_names[:3]
+    reconstruct(qm, calib64, iters=0, progress=False)
+    block = qm.net.layer1[1]
+    acts = [m for m in block.modules() if isinstance(m, ActQuantizer)]
+    assert len(acts) == 2 and all(q.initialized for q in acts)
+    x = torch.randn(4, 16, 32, 32).relu()
+    x_fp = x + 0.05 * torch.randn(4, 16, 32, 32)
+    with torch.no_grad():
+        quantized = block(x)
+        with qm.quantization_disabled(weights=False, activations=True):
+            fp_acts, fp_acts_on_fp_input = block(x), block(x_fp)
+        for q in acts:
+            q.generator = torch.Generator().manual_seed(0)
+            q.drop_prob = 0.0
+        assert torch.equal(block(x), quantized)
+        for q in acts:
+            q.drop_prob = 1.0
+        assert torch.equal(block(x), fp_acts)
+        block.input_quant.fp_source = x_fp
+        assert torch.equal(block(x), fp_acts_on_fp_input)
+        for q in acts:
+            q.drop_prob = 0.5
+        half = block(x)
+        assert not torch.equal(half, quantized) and not torch.equal(half, fp_acts_on_fp_input)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"iters": -1}, "iterations"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"drop_prob": 1.5}, "drop_prob"),
+])
+def test_bad_reconstruction_settings(resnet20, calib64, kwargs, match):
+    qm = quantize_model(resnet20, calib64)
+    with pytest.raises(GenieError, match=match):
+        reconstruct(qm, calib64, progress=False, **kwargs)
+
+
+def test_bad_calibration_tensor(resnet20, calib64):
+    qm = quantize_model(resnet20, calib64)
+    with pytest.raises(GenieError, match="non-empty float tensor"):
+        reconstruct(qm, calib64[:, 0], progress=False)

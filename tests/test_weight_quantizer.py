@@ -1,0 +1,92 @@
+"""GENIE-M weight quantizer: Eq. 11-13 and hard rounding."""
+import torch
+
+from genie.quant.fake_quant import GAMMA, ZETA, rectified_sigmoid
+from genie.quant.weight_quantizer import WeightQuantizer
+
+
+def _quantizer(method, bits=4, seed=0, shape=(5, 3, 3, 3)):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(*shape, generator=g) * 0.3
+    q = WeightQuantizer(method)
+    q.setup(w, bits)
+    return q, w
+
+
+def test_soft_init_reproduces_the_fp_weight_inside_the_range():
+    q, w = _quantizer("genie")
+    wq = q(w)
+    inside = (w / q.scale + q.zero_point >= 0) & (w / q.scale + q.zero_point <= q.qmax - 1)
+    assert torch.allclose(wq[inside], w[inside], atol=1e-5)
+
+
+def test_genie_gradients_follow_eq13():
+    q, w = _quantizer("genie")
+    with torch.no_grad():  # spread the softbits so some sit in the clamped tails of h
+        q.softbits.mul_(3.0)
+    g = torch.Generator().manual_seed(3)
+    upstream = torch.randn(w.shape, generator=g)
+    (q(w) * upstream).sum().backward()
+
+    # expectations computed without autograd
+    s, z, base, v = q.scale.detach(), q.zero_point, q.base, q.softbits.detach()
+    sig = torch.sigmoid(v)
+    h = (sig * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
+    u = base + h + z
+    in_range = (u >= 0) & (u <= q.qmax)
+    w_int = u.clamp(0, q.qmax)
+    # dWq/ds = B + h(V) inside the range (the clamp value minus z where clipped)
+    expected_ds = (upstream * (w_int - z)).sum(dim=(1, 2, 3), keepdim=True)
+    # dWq/dV = s * h'(V) inside both clamps
+    h_inside = (sig * (ZETA - GAMMA) + GAMMA > 0) & (sig * (ZETA - GAMMA) + GAMMA < 1)
+    expected_dv = upstream * s * sig * (1 - sig) * (ZETA - GAMMA) * h_inside * in_range
+    assert torch.allclose(q.scale.grad, expected_ds, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(q.softbits.grad, expected_dv, rtol=1e-5, atol=1e-7)
+    # dWq/dB = 0: B is a constant buffer, detached from s
+    assert not q.base.requires_grad and "base" not in dict(q.named_parameters())
+    base_before = q.base.clone()
+    torch.optim.SGD([q.scale], lr=0.1).step()
+    assert torch.equal(q.base, base_before)
+    # in-range elements: the gradient to s per element is exactly B + h(V) (paper's b + v)
+    per_elem = torch.autograd.grad(q(w)[in_range].sum(), q.scale)[0]
+    assert torch.allclose(per_elem, ((base + h) * in_range).sum(dim=(1, 2, 3), keepdim=True), rtol=1e-5)
+
+
+def test_adaround_freezes_the_step_size():
+    q, w = _quantizer("adaround")
+    assert not q.scale.requires_grad
+    q(w).sum().backward()
+    assert q.scale.grad is None and q.softbits.grad is not None
+
+
+def test_hard_rounding_is_v_nonnegative_and_finalize_keeps_it():
+    q, w = _quantizer("genie", seed=5)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        q.softbits.copy_(torch.randn(q.softbits.shape, generator=g) * 4)
+        q.scale.mul_(1.1)  # a learned step size must be kept
+    q.soft = False
+    expected = torch.clamp(q.base + (q.softbits >= 0).float() + q.zero_point, 0, q.qmax)
+    hard = q(w)
+    assert torch.equal(hard, (expected - q.zero_point) * q.scale)
+    q.finalize(w)
+    assert q.w_int.dtype == torch.uint8 and int(q.w_int.max()) <= 15
+    assert torch.equal(q.w_int.float(), expected)
+    assert torch.equal(q(None), hard)  # integer form: bit-identical output
+
+
+def test_regularizer_is_zero_at_binary_softbits_and_positive_between():
+    q, _ = _quantizer("genie")
+    with torch.no_grad():
+        q.softbits.fill_(10.0)  # h = 1
+    assert q.round_regularizer(2.0).item() == 0.0
+    with torch.no_grad():
+        q.softbits.fill_(0.0)  # h = 0.5
+    assert abs(q.round_regularizer(2.0).item() - q.softbits.numel()) < 1e-3
+
+
+def test_nearest_rounds_to_nearest():
+    q, w = _quantizer("nearest")
+    expected = (torch.clamp(torch.round(w / q.scale) + q.zero_point, 0, 15) - q.zero_point) * q.scale
+    assert torch.equal(q(w), expected)
+    assert rectified_sigmoid(torch.tensor([-100.0, 100.0])).tolist() == [0.0, 1.0]
