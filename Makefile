@@ -21,12 +21,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# zero-shot: distil 128 images (GENIE-D), reconstruct (GENIE-M), evaluate; about a minute on 2 CPU cores
 demo: $(STAMP)
-	$(PY) -m genie run --model resnet20_cifar10 --w-bits 4 --a-bits 4 --data real --samples 256 \
-		--recon-iters 300 --quantizer genie --seed 0 --out runs/demo
+	$(PY) -m genie run --model resnet20_cifar10 --w-bits 4 --a-bits 4 --data synthetic --samples 128 \
+		--distill-iters 100 --recon-iters 100 --quantizer genie --seed 0 --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -11,8 +11,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet20_cifar10", help="zoo model name (python -m genie models lists them)")
     p.add_argument("--w-bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
     p.add_argument("--a-bits", type=int, default=4, help="activation bits, 2-8 (default 4)")
-    p.add_argument("--data", default="real", choices=["real"], help="calibration data: real images (few-shot)")
+    p.add_argument("--data", default="real", choices=["real", "synthetic"],
+                   help="calibration data: real images (few-shot) or distilled by GENIE-D (zero-shot)")
     p.add_argument("--samples", type=int, default=1024, help="number of calibration images (default 1024)")
+    _add_distill_arguments(p)
+    p.add_argument("--calib-file", default=None,
+                   help="with --data synthetic: use a distilled set saved by 'python -m genie distill'")
     p.add_argument("--recon-iters", type=int, default=20000, help="reconstruction iterations per unit (default 20000)")
     p.add_argument("--quantizer", default="genie", choices=["genie", "adaround", "nearest"],
                    help="weight quantizer: genie (joint step size + softbits), adaround (frozen step), nearest")
@@ -30,12 +34,33 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--distiller", default="genie", choices=["genie", "direct", "generator"],
+                   help="genie: generator + trained latents; direct: pixels (ZeroQ); generator: fixed noise (GBA)")
+    p.add_argument("--swing", dest="swing", action="store_true", default=True, help="swing convolution on (default)")
+    p.add_argument("--no-swing", dest="swing", action="store_false", help="swing convolution off")
+    p.add_argument("--distill-iters", type=int, default=None,
+                   help="distillation iterations per batch (default 4000; direct: 500)")
+    p.add_argument("--distill-batch", type=int, default=128, help="images per distillation batch (default 128)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m genie", description="GENIE zero-shot / few-shot quantization")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="quantize a model, evaluate it, write result.json and qmodel.pt")
     _add_run_arguments(run_p)
     sub.add_parser("models", help="list the zoo models")
+    d = sub.add_parser("distill", help="distil a synthetic calibration set (GENIE-D); works under torchrun")
+    d.add_argument("--model", default="resnet20_cifar10", help="zoo model name")
+    d.add_argument("--samples", type=int, default=1024, help="number of images to distil (default 1024)")
+    _add_distill_arguments(d)
+    d.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    d.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    d.add_argument("--concurrent-batches", type=int, default=None,
+                   help="batches distilled together (default: all on a GPU, one on a CPU)")
+    d.add_argument("--checkpoint-dir", default=None, help="save finished batches here; a rerun resumes")
+    d.add_argument("--out", required=True, help="file to write the distilled set to (.pt)")
+    d.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return parser
 
 
@@ -61,10 +86,39 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from .distill import DistillConfig, distill
+    from .distill.distributed import distill_sharded, init_process_group, launched_by_torchrun
+    from .models import load_model, model_spec
+    from .pipeline import RunConfig
+
+    spec = model_spec(args.model)
+    cfg = DistillConfig(num_images=args.samples, distiller=args.distiller, swing=args.swing,
+                        iters=args.distill_iters, batch_size=args.distill_batch, seed=args.seed,
+                        concurrent_batches=args.concurrent_batches).validate()
+    kwargs = dict(checkpoint_dir=args.checkpoint_dir, model_name=args.model)
+    if launched_by_torchrun():
+        device = init_process_group(args.device)
+        model = load_model(args.model).to(device)
+        distilled = distill_sharded(model, spec.image_size, cfg, progress=args.progress, **kwargs)
+        if distilled is None:
+            return 0
+    else:
+        device = RunConfig(device=args.device).resolved_device()
+        model = load_model(args.model).to(device)
+        distilled = distill(model, spec.image_size, cfg, progress=args.progress, **kwargs)
+    distilled.save(args.out)
+    meta = distilled.metadata
+    print(f"distilled {len(distilled)} images from {args.model} with {meta['distiller']} "
+          f"(swing {meta['swing']}, {meta['iters']} iterations) in {meta['seconds']:.1f} s on {device}; "
+          f"BNS loss {float(distilled.losses[0].mean()):.4g} -> {distilled.final_loss:.4g}; wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": _run, "models": _models}[args.command](args)
+        return {"run": _run, "models": _models, "distill": _distill}[args.command](args)
     except GenieError as exc:
         print(f"genie: error: {exc}", file=sys.stderr)
         return 2

@@ -54,11 +54,13 @@ class UnitEnd:
 @dataclass
 class DistillProgress:
     """Distillation losses (total, per batch) of iterations ``[start, start + len)``:
-    ``losses`` has shape ``(iterations, batches)``; ``batches`` are their global indices."""
+    ``losses`` has shape ``(iterations, batches)``; ``batches`` are their global indices;
+    ``per_layer`` ``(batches, BN layers)`` is the per-layer BNS loss at the last of them."""
 
     start: int
     batches: list
     losses: torch.Tensor
+    per_layer: Optional[torch.Tensor] = None
 
 
 @dataclass

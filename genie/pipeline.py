@@ -43,6 +43,24 @@ class RunConfig:
     test_source: str = "auto"  # CIFAR: auto | npz | lossless100 | torchvision
     data_dir: Optional[str] = None  # ImageNet-style root with train/ and val/
     progress: bool = True
+    # zero-shot (--data synthetic): GENIE-D settings
+    distiller: str = "genie"  # genie | direct | generator
+    swing: bool = True
+    distill_iters: Optional[int] = None  # None: the distiller's default (4000; direct: 500)
+    distill_batch: int = 128
+    calib_file: Optional[str] = None  # a distilled set saved earlier (python -m genie distill)
+
+    def distill_config(self):
+        from .distill import DistillConfig
+
+        return DistillConfig(
+            num_images=self.samples,
+            distiller=self.distiller,
+            swing=self.swing,
+            iters=self.distill_iters,
+            batch_size=self.distill_batch,
+            seed=self.seed,
+        )
 
     def resolved_device(self) -> torch.device:
         if self.device is None:
@@ -116,12 +134,47 @@ class RunResult:
         return "\n".join(f"{k:<{width}}  {val}" for k, val in rows)
 
 
+def _distill_info(distilled) -> dict:
+    meta = distilled.metadata
+    return {
+        "distiller": meta["distiller"],
+        "swing": meta["swing"],
+        "distill_iters": meta["iters"],
+        "distill_batch": meta["batch_size"],
+        "distill_seconds": meta["seconds"],
+        "initial_bns_loss": float(distilled.losses[0].mean()),
+        "final_bns_loss": distilled.final_loss,
+    }
+
+
 def calibration_images(spec, model, cfg: RunConfig, device, callback: Callback) -> tuple:
-    """``(images, source description, distillation info)`` for the run's ``data`` setting."""
+    """``(images, source description, distillation info)`` for the run's ``data`` setting:
+    real images (few-shot), a distilled set from ``calib_file``, or a fresh GENIE-D run."""
     if cfg.data == "real":
         calib = real_calibration(spec, cfg)
         return calib.images, calib.source, {}
-    raise GenieError(f"unknown --data {cfg.data!r}: use real")
+    if cfg.data != "synthetic":
+        raise GenieError(f"unknown --data {cfg.data!r}: use real or synthetic")
+    from .distill import distill, load_distilled
+
+    if cfg.calib_file:
+        distilled = load_distilled(cfg.calib_file)
+        if distilled.metadata.get("model") not in (None, cfg.model):
+            raise GenieError(f"{cfg.calib_file} was distilled from {distilled.metadata['model']}, not {cfg.model}")
+        return distilled.images, f"distilled set {cfg.calib_file}", _distill_info(distilled)
+    checkpoints = str(Path(cfg.out) / "distill_checkpoints") if cfg.out else None
+    distilled = distill(
+        model,
+        spec.image_size,
+        cfg.distill_config(),
+        callback=callback,
+        progress=cfg.progress,
+        checkpoint_dir=checkpoints,
+        model_name=cfg.model,
+    )
+    if cfg.out:
+        distilled.save(Path(cfg.out) / "distilled.pt")
+    return distilled.images, f"GENIE-D {cfg.distiller} ({len(distilled)} images, seed {cfg.seed})", _distill_info(distilled)
 
 
 def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
@@ -136,6 +189,8 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
     QuantConfig(cfg.w_bits, cfg.a_bits, cfg.quantizer, cfg.setting, cfg.fold_bn).validate()
     recon_cfg = ReconConfig(iters=cfg.recon_iters, batch_size=cfg.batch_size, drop_prob=cfg.drop_prob, seed=cfg.seed)
     recon_cfg.validate()
+    if cfg.data == "synthetic" and not cfg.calib_file:
+        cfg.distill_config().validate()
     if spec.dataset != "cifar10" and cfg.data_dir is None:
         raise GenieError(f"{spec.name} is an ImageNet model: pass --data-dir, a folder with train/ and val/ subfolders")
     model = load_model(cfg.model).to(device)

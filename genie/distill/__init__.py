@@ -1,0 +1,23 @@
+"""GENIE-D: data distillation from BatchNorm statistics, with swing convolution."""
+from .bns import BNStatsLoss, bns_loss, input_stats_loss
+from .dataset import DistilledSet, load_distilled
+from .distiller import DISTILLERS, DistillConfig, distill
+from .generator import StackedGenerator
+from .swing import SwingControl, SwingConv2d, apply_swing, set_swing, swing_crop
+
+__all__ = [
+    "BNStatsLoss",
+    "DISTILLERS",
+    "DistillConfig",
+    "DistilledSet",
+    "StackedGenerator",
+    "SwingControl",
+    "SwingConv2d",
+    "apply_swing",
+    "bns_loss",
+    "distill",
+    "input_stats_loss",
+    "load_distilled",
+    "set_swing",
+    "swing_crop",
+]

@@ -1,0 +1,297 @@
+"""GENIE-D and its baselines behind one interface.
+
+* ``genie``     - generator + trained latent vectors (GLO-style), the paper's GENIE-D;
+* ``generator`` - generator fed fixed Gaussian noise, only its weights trained ("GBA");
+* ``direct``    - the pixels themselves optimised (ZeroQ-style "DBA");
+each with swing convolution on or off. Every batch of ``batch_size`` images is an independent
+problem with its own generator, latents and schedules; batches run together on the device
+(``concurrent_batches`` at a time), which gives the same result as running them one by one.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..data import model_device
+from ..errors import GenieError
+from ..events import BatchDone, Callback, DistillProgress, DistillSnapshot, emit
+from ..seeding import cpu_generator, derive_seed
+from .bns import BNStatsLoss, input_stats_loss
+from .dataset import DistilledSet
+from .generator import LATENT_DIM, StackedGenerator
+from .optim import DeviceAdam, DevicePlateau
+from .swing import SwingControl, apply_swing, set_swing
+
+DISTILLERS = ("genie", "generator", "direct")
+DEFAULT_ITERS = {"genie": 4000, "generator": 4000, "direct": 500}
+
+
+@dataclass
+class DistillConfig:
+    """Distillation settings (defaults: method card / paper appendix A; ``direct``: ZeroQ)."""
+
+    num_images: int = 1024
+    distiller: str = "genie"
+    swing: bool = True
+    iters: Optional[int] = None  # None: 4000 (genie, generator) or 500 (direct)
+    batch_size: int = 128
+    seed: int = 0
+    lr_latent: float = 0.1
+    lr_generator: float = 0.01
+    lr_pixels: float = 0.5
+    generator_decay: float = 0.95  # ExponentialLR factor, applied every 100 iterations
+    plateau_patience: int = 100
+    plateau_min_lr: float = 1e-4
+    input_term: bool = True  # push each image's channel mean/std towards 0/1
+    concurrent_batches: Optional[int] = None  # None: all at once on CUDA, one at a time on CPU
+
+    @property
+    def total_iters(self) -> int:
+        return DEFAULT_ITERS[self.distiller] if self.iters is None else self.iters
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.num_images // self.batch_size)
+
+    def batch_sizes(self) -> list:
+        full, rest = divmod(self.num_images, self.batch_size)
+        return [self.batch_size] * full + ([rest] if rest else [])
+
+    def validate(self) -> "DistillConfig":
+        if self.distiller not in DISTILLERS:
+            raise GenieError(f"unknown distiller {self.distiller!r}; use one of {', '.join(DISTILLERS)}")
+        for name in ("num_images", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise GenieError(f"{name} must be a positive integer, got {value!r}")
+        iters = self.total_iters
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters <= 0:
+            raise GenieError(f"distillation iterations must be a positive integer, got {iters!r}")
+        if min(self.batch_sizes()) < 2:
+            raise GenieError("every distillation batch needs at least 2 images (BatchNorm statistics); "
+                             f"{self.num_images} images in batches of {self.batch_size} leaves one of 1")
+        return self
+
+
+def _model_fingerprint(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            digest.update(name.encode())
+            digest.update(m.running_mean.detach().cpu().numpy().tobytes())
+            digest.update(m.running_var.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _Checkpoints:
+    """Finished batches saved one file each; a rerun with the same settings skips them."""
+
+    def __init__(self, directory: Optional[str], fingerprint: dict):
+        self.dir = Path(directory) if directory else None
+        self.fingerprint = fingerprint
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, batch: int) -> Path:
+        return self.dir / f"batch_{batch:05d}.pt"
+
+    def load(self, batch: int) -> Optional[dict]:
+        if self.dir is None or not self.path(batch).is_file():
+            return None
+        blob = torch.load(self.path(batch), map_location="cpu", weights_only=True)
+        if blob.get("fingerprint") != self.fingerprint:
+            raise GenieError(
+                f"{self.path(batch)} belongs to a different distillation run ({blob.get('fingerprint')}); "
+                "use another checkpoint directory or delete it"
+            )
+        return blob
+
+    def save(self, batch: int, record: dict) -> None:
+        if self.dir is None:
+            return
+        tmp = self.path(batch).with_suffix(".part")
+        torch.save({**record, "fingerprint": self.fingerprint}, tmp)
+        tmp.replace(self.path(batch))
+
+
+def _chunks(batches: list, sizes: list, per_chunk: int) -> list:
+    """Group batch indices into chunks of equal-sized batches, at most ``per_chunk`` each."""
+    chunks, current = [], []
+    for b in batches:
+        if current and (len(current) == per_chunk or sizes[current[0]] != sizes[b]):
+            chunks.append(current)
+            current = []
+        current.append(b)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _distill_chunk(work, batch_ids, n, cfg, image_size, device, callback, bar, report_every, snapshot_at):
+    """Run ``cfg.total_iters`` iterations for the batches ``batch_ids`` (``n`` images each).
+    Works in the dtype of the model's parameters (float32, or float64 for exactness tests)."""
+    dtype = next(work.parameters()).dtype
+    g_count = len(batch_ids)
+    seeds = [derive_seed(cfg.seed, b) for b in batch_ids]
+    gens = [cpu_generator(s) for s in seeds]
+    control = SwingControl(torch.tensor(seeds, dtype=torch.int64, device=device), n)
+    set_swing(work, enabled=cfg.swing, control=control)
+    stats = BNStatsLoss(work, n)
+    iters = cfg.total_iters
+    try:
+        lr_tensors, plateau, generator = [], None, None
+        if cfg.distiller in ("genie", "generator"):
+            generator = StackedGenerator(gens, image_size).to(device, dtype)
+            z = torch.stack([torch.randn(n, LATENT_DIM, generator=g) for g in gens]).to(device, dtype)
+            params = list(generator.parameters())
+            lr_gen = torch.full((), cfg.lr_generator, device=device, dtype=dtype)
+            lr_tensors = [lr_gen] * len(params)
+            if cfg.distiller == "genie":
+                z.requires_grad_(True)
+                plateau = DevicePlateau(torch.full((g_count,), cfg.lr_latent, device=device, dtype=dtype),
+                                        patience=cfg.plateau_patience, min_lr=cfg.plateau_min_lr)
+                params = [z] + params
+                lr_tensors = [None] + lr_tensors
+        else:
+            pixels = torch.stack([torch.randn(n, 3, image_size, image_size, generator=g) for g in gens])
+            pixels = pixels.to(device, dtype).requires_grad_(True)
+            plateau = DevicePlateau(torch.full((g_count,), cfg.lr_pixels, device=device, dtype=dtype),
+                                    patience=cfg.plateau_patience, min_lr=cfg.plateau_min_lr)
+            params, lr_tensors = [pixels], [None]
+        opt = DeviceAdam(params)
+        losses = torch.zeros(iters, g_count, device=device, dtype=dtype)
+        last_report = 0
+        snapshots = set(snapshot_at)
+        for it in range(iters):
+            images = generator(z) if generator is not None else pixels.view(g_count * n, 3, image_size, image_size)
+            work(images)
+            per_layer = stats.per_layer()
+            loss = per_layer.sum(1)
+            if cfg.input_term:
+                loss = loss + input_stats_loss(images, n)
+            grads = torch.autograd.grad(loss.sum(), params)
+            if generator is not None:
+                lr_gen.fill_(cfg.lr_generator * cfg.generator_decay ** (it // 100))
+            if plateau is not None:
+                lr_tensors[0] = plateau.lr.view(-1, *([1] * (params[0].dim() - 1)))
+            opt.step(list(grads), lr_tensors)
+            if plateau is not None:
+                plateau.step(loss)
+            control.step += 1
+            losses[it] = loss.detach()
+            if it in snapshots:
+                emit(callback, DistillSnapshot(it, list(batch_ids), images.detach().cpu()))
+            if (it + 1) % report_every == 0 or it + 1 == iters:
+                if callback is not None:
+                    emit(callback, DistillProgress(last_report, list(batch_ids), losses[last_report : it + 1].cpu(),
+                                                   per_layer.detach().cpu()))
+                if bar is not None:
+                    bar.update((it + 1 - last_report) * g_count)
+                last_report = it + 1
+        return images.detach(), losses.detach(), per_layer.detach()
+    finally:
+        stats.remove()
+
+
+def distill(
+    model: nn.Module,
+    image_size: int,
+    config: Optional[DistillConfig] = None,
+    callback: Callback = None,
+    progress: bool = True,
+    report_every: int = 100,
+    snapshot_at: Sequence[int] = (),
+    checkpoint_dir: Optional[str] = None,
+    batches: Optional[Sequence[int]] = None,
+    model_name: Optional[str] = None,
+    **overrides,
+) -> DistilledSet:
+    """Distil ``config.num_images`` synthetic images from ``model``'s BatchNorm statistics.
+
+    image_size: side of the (square) input in pixels. Runs on the model's device; the model is
+    not modified (swing wraps a copy). ``config`` or keyword overrides of :class:`DistillConfig`.
+    ``snapshot_at``: iterations whose images are sent to ``callback`` (:class:`DistillSnapshot`);
+    losses arrive every ``report_every`` iterations (:class:`DistillProgress`), each finished
+    batch as :class:`BatchDone`. ``checkpoint_dir``: finished batches are saved there, and a
+    rerun skips them. ``batches``: run only these batch indices (used to shard across processes).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = DistillConfig(**{**(asdict(config) if config else {}), **overrides}).validate()
+    if not isinstance(image_size, int) or image_size <= 0:
+        raise GenieError(f"image_size must be a positive integer, got {image_size!r}")
+    if cfg.distiller != "direct" and image_size % 4 != 0:
+        raise GenieError(f"the generator needs an image size divisible by 4, got {image_size}")
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        raise GenieError(
+            f"{type(model).__name__} has no BatchNorm2d layer: GENIE-D distils data from BatchNorm "
+            "statistics; use real calibration images (--data real) for this model"
+        )
+    device = model_device(model)
+    work = apply_swing(model).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)
+    sizes = cfg.batch_sizes()
+    wanted = list(range(cfg.num_batches)) if batches is None else sorted(set(batches))
+    fingerprint = {k: v for k, v in asdict(cfg).items() if k != "concurrent_batches"}
+    fingerprint.update(model=_model_fingerprint(model), image_size=image_size)
+    checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
+    done = {}
+    for b in wanted:
+        record = checkpoints.load(b)
+        if record is not None:
+            done[b] = record
+    todo = [b for b in wanted if b not in done]
+    per_chunk = cfg.concurrent_batches or (len(todo) if device.type == "cuda" else 1)
+    bar = tqdm(total=cfg.total_iters * len(todo), desc="distill", unit="it", disable=not progress)
+    t_start = time.perf_counter()
+    layer_names = [n for n, m in work.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        for chunk in _chunks(todo, sizes, max(1, per_chunk)):
+            t0 = time.perf_counter()
+            images, losses, per_layer = _distill_chunk(
+                work, chunk, sizes[chunk[0]], cfg, image_size, device, callback, bar, report_every, snapshot_at
+            )
+            seconds = time.perf_counter() - t0
+            n = sizes[chunk[0]]
+            images = images.cpu()
+            for i, b in enumerate(chunk):
+                record = {
+                    "images": images[i * n : (i + 1) * n].clone(),
+                    "losses": losses[:, i].cpu(),
+                    "per_layer": per_layer[i].cpu(),
+                    "seconds": seconds,
+                }
+                checkpoints.save(b, record)
+                done[b] = record
+                emit(callback, BatchDone(b, float(record["losses"][-1]), seconds, record["per_layer"]))
+    finally:
+        bar.close()
+    ordered = [done[b] for b in wanted]
+    metadata = {
+        "model": model_name,
+        "distiller": cfg.distiller,
+        "swing": cfg.swing,
+        "iters": cfg.total_iters,
+        "batch_size": cfg.batch_size,
+        "num_images": cfg.num_images,
+        "seed": cfg.seed,
+        "image_size": image_size,
+        "batches": wanted,
+        "final_loss": [float(r["losses"][-1]) for r in ordered],
+        "seconds": time.perf_counter() - t_start,
+        "device": str(device),
+    }
+    return DistilledSet(
+        torch.cat([r["images"] for r in ordered]),
+        metadata,
+        torch.stack([r["losses"] for r in ordered], dim=1),
+        torch.stack([r["per_layer"] for r in ordered]),
+        layer_names,
+    )

@@ -1,0 +1,81 @@
+"""The GENIE-D generator, stacked for several independent batches.
+
+Layout for image size S (method card; GDFQ's generator with one upsampling block):
+``Linear(256 -> 128 (S/4)^2)`` -> (128, S/4, S/4) -> BN(128) -> Upsample x2 -> Conv3x3(128->64)
+-> BN(64) -> LeakyReLU(0.2) -> Upsample x2 -> Conv3x3(64->3) -> Tanh -> BN(3, affine=False).
+BatchNorm uses the statistics of the current batch (training mode).
+
+``G`` generators (one per distillation batch, each with its own weights) run as one: the linear
+layers as a batched matmul, the convolutions as grouped convolutions over channel-stacked
+features, and each BatchNorm per (batch, channel). Batch g only ever sees its own weights and
+images, so running batches together gives the same result as running them one by one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import GenieError
+
+LATENT_DIM = 256
+
+
+def _uniform(shape, bound, generator):
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
+class StackedGenerator(nn.Module):
+    """``len(generators)`` independent generators; ``generators`` (CPU torch.Generator, one per
+    batch) draw each one's initial weights (PyTorch's default Linear/Conv2d initialisation)."""
+
+    def __init__(self, generators: list, image_size: int, latent_dim: int = LATENT_DIM, c1: int = 128, c2: int = 64):
+        super().__init__()
+        if image_size % 4 != 0 or image_size < 8:
+            raise GenieError(f"the generator needs an image size divisible by 4 (and >= 8), got {image_size}")
+        g_count = len(generators)
+        self.groups, self.image_size, self.latent_dim, self.c1, self.c2 = g_count, image_size, latent_dim, c1, c2
+        self.init_size = image_size // 4
+        d = c1 * self.init_size**2
+        lin_w, lin_b, w1, b1, w2, b2 = [], [], [], [], [], []
+        for gen in generators:
+            bound = 1 / math.sqrt(latent_dim)
+            lin_w.append(_uniform((latent_dim, d), bound, gen))
+            lin_b.append(_uniform((d,), bound, gen))
+            bound = 1 / math.sqrt(c1 * 9)
+            w1.append(_uniform((c2, c1, 3, 3), bound, gen))
+            b1.append(_uniform((c2,), bound, gen))
+            bound = 1 / math.sqrt(c2 * 9)
+            w2.append(_uniform((3, c2, 3, 3), bound, gen))
+            b2.append(_uniform((3,), bound, gen))
+        self.lin_w = nn.Parameter(torch.stack(lin_w))  # (G, L, D)
+        self.lin_b = nn.Parameter(torch.stack(lin_b))  # (G, D)
+        self.bn1_w = nn.Parameter(torch.ones(g_count * c1))
+        self.bn1_b = nn.Parameter(torch.zeros(g_count * c1))
+        self.conv1_w = nn.Parameter(torch.cat(w1))  # (G*c2, c1, 3, 3), grouped conv
+        self.conv1_b = nn.Parameter(torch.cat(b1))
+        self.bn2_w = nn.Parameter(torch.ones(g_count * c2))
+        self.bn2_b = nn.Parameter(torch.zeros(g_count * c2))
+        self.conv2_w = nn.Parameter(torch.cat(w2))  # (G*3, c2, 3, 3)
+        self.conv2_b = nn.Parameter(torch.cat(b2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: ``(G, n, latent_dim)`` -> images ``(G * n, 3, S, S)`` (batch g = rows g*n..g*n+n-1)."""
+        g, n, _ = z.shape
+        s0 = self.init_size
+        h = torch.baddbmm(self.lin_b[:, None, :], z, self.lin_w)  # (G, n, D)
+        # channel-stacked layout (n, G*C, H, W): grouped convolutions and per-channel BN work per batch
+        h = h.view(g, n, self.c1, s0, s0).transpose(0, 1).reshape(n, g * self.c1, s0, s0)
+        h = F.batch_norm(h, None, None, self.bn1_w, self.bn1_b, training=True)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = F.conv2d(h, self.conv1_w, self.conv1_b, padding=1, groups=g)
+        h = F.batch_norm(h, None, None, self.bn2_w, self.bn2_b, training=True)
+        h = F.leaky_relu(h, 0.2)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = F.conv2d(h, self.conv2_w, self.conv2_b, padding=1, groups=g)
+        h = torch.tanh(h)
+        h = F.batch_norm(h, None, None, None, None, training=True)
+        s = self.image_size
+        return h.view(n, g, 3, s, s).transpose(0, 1).reshape(g * n, 3, s, s)

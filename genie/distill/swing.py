@@ -1,0 +1,101 @@
+"""Swing convolution (GENIE Sec. 3.1.1): during distillation, every convolution with stride > 1
+sees its input reflection-padded by 1 and cropped back to the original size at a random offset
+in {0, 1, 2} x {0, 1, 2} (9 windows), which removes the checkerboard pattern that strided
+convolutions leave in gradients with respect to the input.
+
+Offsets are drawn per forward pass, per strided layer and per distillation batch from a
+counter-based hash of (batch seed, step, layer), computed on the device: the same batch gets the
+same offsets whether it is distilled alone or together with others.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..seeding import mix32
+
+NUM_WINDOWS = 9
+
+
+class SwingControl:
+    """Where the offsets come from: one seed per batch (group of ``group_size`` images in the
+    model's input) and a step counter the distiller advances (a device tensor)."""
+
+    def __init__(self, seeds: torch.Tensor, group_size: int):
+        self.seeds = seeds.to(torch.int64)
+        self.group_size = group_size
+        self.step = torch.zeros((), dtype=torch.int64, device=seeds.device)
+
+    def offsets(self, layer_id: int) -> torch.Tensor:
+        """``(groups, 2)`` int64 window offsets (dy, dx) in {0, 1, 2}."""
+        h = mix32(mix32(self.seeds) ^ (self.step & 0xFFFFFFFF))
+        code = mix32(h ^ (layer_id + 1)) % NUM_WINDOWS
+        return torch.stack((code // 3, code % 3), dim=1)
+
+
+def swing_crop(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Reflect-pad ``x`` (N, C, H, W) by 1 and crop an (H, W) window per group.
+
+    offsets: ``(G, 2)`` window offsets for G equal groups of consecutive images; offset (1, 1)
+    returns ``x`` unchanged.
+    """
+    n, c, h, w = x.shape
+    groups = offsets.shape[0]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    hp, wp = h + 2, w + 2
+    rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (G, H)
+    cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # (G, W)
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).reshape(groups, 1, h * w)
+    per_group = padded.reshape(groups, (n // groups) * c, hp * wp)
+    out = torch.gather(per_group, 2, flat.expand(groups, per_group.shape[1], h * w))
+    return out.reshape(n, c, h, w)
+
+
+class SwingConv2d(nn.Module):
+    """A strided ``Conv2d`` whose input swings over the 9 windows while ``enabled``."""
+
+    def __init__(self, conv: nn.Conv2d, layer_id: int):
+        super().__init__()
+        self.conv = conv
+        self.layer_id = layer_id
+        self.enabled = True
+        self.control: Optional[SwingControl] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.control is None:
+            return self.conv(x)
+        return self.conv(swing_crop(x, self.control.offsets(self.layer_id)))
+
+
+def apply_swing(model: nn.Module, control: Optional[SwingControl] = None) -> nn.Module:
+    """A copy of ``model`` with every convolution of stride > 1 wrapped in :class:`SwingConv2d`
+    (the original is not modified). Returns the copy; ``control`` sets where offsets come from."""
+    swung = copy.deepcopy(model)
+    layer_id = 0
+    for name, module in list(swung.named_modules()):
+        if isinstance(module, nn.Conv2d) and max(module.stride) > 1:
+            parent_name, _, child = name.rpartition(".")
+            parent = swung.get_submodule(parent_name) if parent_name else swung
+            wrapped = SwingConv2d(module, layer_id)
+            wrapped.control = control
+            setattr(parent, child, wrapped)
+            layer_id += 1
+    return swung
+
+
+def swing_layers(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, SwingConv2d)]
+
+
+def set_swing(model: nn.Module, enabled: bool = True, control: Optional[SwingControl] = None) -> int:
+    """Switch the swing of every wrapped layer on or off (and set its control); returns how many."""
+    layers = swing_layers(model)
+    for layer in layers:
+        layer.enabled = enabled
+        if control is not None:
+            layer.control = control
+    return len(layers)

@@ -1,0 +1,236 @@
+"""GENIE-D: swing convolution, BNS loss, concurrent batches, seeds, checkpoints, bad input."""
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from genie.distill import (
+    BNStatsLoss,
+    DistillConfig,
+    SwingControl,
+    SwingConv2d,
+    apply_swing,
+    bns_loss,
+    distill,
+    load_distilled,
+    set_swing,
+    swing_crop,
+)
+from genie.errors import GenieError
+from genie.events import BatchDone, DistillProgress, DistillSnapshot
+
+
+class Tiny(nn.Module):
+    """A small CNN with BatchNorm and one strided convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = Tiny()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+# --- swing convolution ---------------------------------------------------------------------
+
+def test_swing_visits_all_nine_windows_evenly():
+    control = SwingControl(torch.tensor([7, 1234567]), group_size=1)
+    seen = torch.zeros(2, 3, 3)
+    for _ in range(900):
+        off = control.offsets(layer_id=0)
+        for g in range(2):
+            seen[g, off[g, 0], off[g, 1]] += 1
+        control.step += 1
+    assert bool((seen > 60).all()) and bool((seen < 140).all())  # about 100 each
+    # different layers and batches draw differently
+    assert not torch.equal(control.offsets(0), control.offsets(1)) or not torch.equal(control.offsets(2), control.offsets(3))
+
+
+def test_centre_window_is_the_plain_strided_conv():
+    x = torch.randn(4, 3, 9, 9)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    assert torch.equal(swing_crop(x, torch.tensor([[1, 1]])), x)
+    # all 9 windows are the reflection-padded input shifted by (dy - 1, dx - 1)
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    for dy in range(3):
+        for dx in range(3):
+            crop = swing_crop(x, torch.tensor([[dy, dx]]))
+            assert torch.equal(crop, padded[:, :, dy : dy + 9, dx : dx + 9])
+
+    class Fixed:
+        def offsets(self, layer_id):
+            return torch.tensor([[1, 1]])
+
+    wrapped = SwingConv2d(conv, 0)
+    wrapped.control = Fixed()
+    assert torch.equal(wrapped(x), conv(x))
+
+
+def test_swing_crops_each_group_at_its_own_offset():
+    x = torch.randn(6, 2, 5, 5)
+    offsets = torch.tensor([[0, 2], [2, 1], [1, 0]])
+    out = swing_crop(x, offsets)
+    for g in range(3):
+        assert torch.equal(out[2 * g : 2 * g + 2], swing_crop(x[2 * g : 2 * g + 2], offsets[g : g + 1]))
+
+
+def test_swing_wraps_every_strided_conv_and_leaves_the_model_alone():
+    model = torchvision.models.resnet18(weights=None).eval()
+    swung = apply_swing(model)
+    strided = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and max(m.stride) > 1]
+    assert len(strided) == 7  # stem, 3 downsampling 3x3, 3 projection 1x1
+    assert sum(isinstance(m, SwingConv2d) for m in swung.modules()) == 7
+    assert not any(isinstance(m, SwingConv2d) for m in model.modules())
+    mobilenet = torchvision.models.mobilenet_v2(weights=None)
+    depthwise = [m for m in apply_swing(mobilenet).modules() if isinstance(m, SwingConv2d) and m.conv.groups > 1]
+    assert len(depthwise) == 4  # strided depthwise convolutions
+    x = torch.randn(2, 3, 64, 64)
+    set_swing(swung, enabled=False)
+    with torch.no_grad():
+        assert torch.equal(swung(x), model(x))
+        set_swing(swung, enabled=True, control=SwingControl(torch.tensor([3]), 2))
+        assert not torch.equal(swung(x), model(x))
+
+
+# --- BNS loss -------------------------------------------------------------------------------
+
+def test_bns_loss_is_zero_at_matching_statistics(tiny):
+    model = copy.deepcopy(tiny)
+    x = torch.randn(16, 3, 8, 8)
+
+    def match(module, args):  # set running stats to this batch's own statistics, then normalise
+        std, mean = torch.std_mean(args[0], dim=(0, 2, 3))
+        module.running_mean.copy_(mean)
+        module.running_var.copy_(std.pow(2) - 1e-6)
+
+    handles = [bn.register_forward_pre_hook(match) for bn in (model.bn1, model.bn2)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    per_layer = bns_loss(model, x, per_layer=True, with_input_term=False)
+    assert set(per_layer) == {"bn1", "bn2"}
+    assert all(abs(v) < 1e-8 for v in per_layer.values())
+    assert bns_loss(tiny, x, with_input_term=False) > 0.01
+
+
+def test_bns_loss_per_group_equals_separate_batches(tiny):
+    x = torch.randn(12, 3, 8, 8)
+    stats = BNStatsLoss(tiny, group_size=4)
+    with torch.no_grad():
+        tiny(x)
+    grouped = stats.per_layer()
+    stats.remove()
+    for g in range(3):
+        alone = bns_loss(tiny, x[4 * g : 4 * g + 4], per_layer=True, with_input_term=False)
+        assert torch.allclose(grouped[g], torch.tensor([alone["bn1"], alone["bn2"]]), rtol=1e-5)
+
+
+def test_model_without_batchnorm_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(GenieError, match="GENIE-D needs BatchNorm statistics|distils data from BatchNorm"):
+        distill(model, 8, num_images=4, batch_size=4, iters=1, progress=False)
+
+
+# --- distillers -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("distiller", ["genie", "generator", "direct"])
+def test_concurrent_batches_match_sequential_ones(tiny, distiller):
+    kwargs = dict(num_images=24, batch_size=8, iters=15, distiller=distiller, swing=True, seed=5, progress=False)
+    # Grouped and single convolutions round differently in the last bits, and Adam's first
+    # steps move every parameter by about lr whatever the gradient's size, so in float32 such
+    # differences grow to ~1e-3. In float64 the two runs must agree to rounding.
+    model = copy.deepcopy(tiny).double()
+    together = distill(model, 8, concurrent_batches=3, **kwargs)
+    one_by_one = distill(model, 8, concurrent_batches=1, **kwargs)
+    assert together.images.shape == (24, 3, 8, 8) and together.images.dtype == torch.float64
+    assert torch.allclose(together.images, one_by_one.images, atol=1e-9, rtol=1e-9)
+    assert torch.allclose(together.losses, one_by_one.losses, rtol=1e-9)
+    single = distill(tiny, 8, concurrent_batches=3, **kwargs)  # float32: the same images, less precisely
+    assert (single.images - together.images.float()).abs().mean() < 5e-3
+    # and the batches really are different problems
+    assert (together.images[:8] - together.images[8:16]).abs().mean() > 0.1
+
+
+def test_same_seed_same_images_other_seed_other_images(tiny):
+    a = distill(tiny, 8, num_images=8, batch_size=8, iters=5, seed=1, progress=False)
+    b = distill(tiny, 8, num_images=8, batch_size=8, iters=5, seed=1, progress=False)
+    c = distill(tiny, 8, num_images=8, batch_size=8, iters=5, seed=2, progress=False)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+
+
+def test_uneven_last_batch_and_events(tiny):
+    events = []
+    ds = distill(tiny, 8, num_images=20, batch_size=8, iters=6, seed=0, progress=False, callback=events.append,
+                 report_every=4, snapshot_at=[0, 5], concurrent_batches=2)
+    assert ds.images.shape == (20, 3, 8, 8) and ds.losses.shape == (6, 3) and ds.per_layer.shape == (3, 2)
+    assert [e.batch for e in events if isinstance(e, BatchDone)] == [0, 1, 2]
+    progress = [e for e in events if isinstance(e, DistillProgress)]
+    assert [(p.start, tuple(p.batches), p.losses.shape[0]) for p in progress] == [
+        (0, (0, 1), 4), (4, (0, 1), 2), (0, (2,), 4), (4, (2,), 2)]
+    snaps = [e for e in events if isinstance(e, DistillSnapshot)]
+    assert [(s.iteration, len(s.images)) for s in snaps] == [(0, 16), (5, 16), (0, 4), (5, 4)]
+    assert torch.equal(snaps[1].images, ds.images[:16])  # the output is the last iteration's images
+
+
+def test_resume_after_interruption_gives_the_same_set(tiny, tmp_path):
+    kwargs = dict(num_images=24, batch_size=8, iters=8, seed=3, progress=False, concurrent_batches=1)
+    full = distill(tiny, 8, **kwargs)
+
+    def stop_after_first(event):
+        if isinstance(event, BatchDone) and event.batch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny, 8, checkpoint_dir=tmp_path, callback=stop_after_first, **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch_00000.pt"]
+    done = []
+    resumed = distill(tiny, 8, checkpoint_dir=tmp_path, callback=done.append, **kwargs)
+    assert [e.batch for e in done if isinstance(e, BatchDone)] == [1, 2]  # batch 0 was not redone
+    assert torch.equal(resumed.images, full.images)
+    # a different run refuses to mix with these checkpoints
+    with pytest.raises(GenieError, match="different distillation run"):
+        distill(tiny, 8, checkpoint_dir=tmp_path, **{**kwargs, "seed": 4})
+
+
+def test_save_and_load(tiny, tmp_path):
+    ds = distill(tiny, 8, num_images=8, batch_size=8, iters=3, progress=False, model_name="tiny")
+    loaded = load_distilled(ds.save(tmp_path / "set.pt"))
+    assert torch.equal(loaded.images, ds.images) and loaded.metadata == ds.metadata
+    assert loaded.layer_names == ["bn1", "bn2"] and loaded.metadata["model"] == "tiny"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"iters": 0}, "iterations must be a positive integer"),
+    ({"iters": -5}, "iterations must be a positive integer"),
+    ({"distiller": "zeroq"}, "unknown distiller"),
+    ({"num_images": 9, "batch_size": 8}, "at least 2 images"),
+])
+def test_bad_settings(tiny, kwargs, match):
+    with pytest.raises(GenieError, match=match):
+        distill(tiny, 8, **{"num_images": 8, "batch_size": 8, "progress": False, **kwargs})
+
+
+def test_generator_needs_an_image_size_divisible_by_4(tiny):
+    with pytest.raises(GenieError, match="divisible by 4"):
+        distill(tiny, 10, num_images=4, batch_size=4, iters=1, progress=False)
+    distill(tiny, 10, num_images=4, batch_size=4, iters=1, distiller="direct", progress=False)  # pixels: any size
