@@ -30,6 +30,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-source", default="auto", choices=["auto", "npz", "lossless100", "torchvision"],
                    help="CIFAR-10 test set: offline npz (JPEG-degraded), the 100 lossless images, or torchvision's")
     p.add_argument("--data-dir", default=None, help="ImageNet models: folder with train/ and val/ subfolders")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="GPU: capture each training step once as a CUDA graph and replay it (much less launch overhead)")
     p.add_argument("--out", default=None, help="folder for result.json and qmodel.pt")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--concurrent-batches", type=int, default=None,
                    help="batches distilled together (default: all on a GPU, one on a CPU)")
     d.add_argument("--checkpoint-dir", default=None, help="save finished batches here; a rerun resumes")
+    d.add_argument("--cuda-graph", action="store_true", help="GPU: replay the distillation step as a CUDA graph")
     d.add_argument("--out", required=True, help="file to write the distilled set to (.pt)")
     d.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return parser
@@ -96,7 +99,7 @@ def _distill(args: argparse.Namespace) -> int:
     cfg = DistillConfig(num_images=args.samples, distiller=args.distiller, swing=args.swing,
                         iters=args.distill_iters, batch_size=args.distill_batch, seed=args.seed,
                         concurrent_batches=args.concurrent_batches).validate()
-    kwargs = dict(checkpoint_dir=args.checkpoint_dir, model_name=args.model)
+    kwargs = dict(checkpoint_dir=args.checkpoint_dir, model_name=args.model, cuda_graph=args.cuda_graph)
     if launched_by_torchrun():
         device = init_process_group(args.device)
         model = load_model(args.model).to(device)

@@ -17,7 +17,8 @@ Callback = Optional[Callable[[object], None]]
 @dataclass
 class UnitStart:
     """Reconstruction of unit ``index`` (of ``total``) begins; ``init_error`` is its error with
-    round-to-nearest weights and searched step sizes (mean squared error summed over features)."""
+    round-to-nearest weights and searched step sizes (squared error summed over channels,
+    averaged over images and spatial positions)."""
 
     index: int
     total: int

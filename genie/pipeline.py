@@ -49,6 +49,7 @@ class RunConfig:
     distill_iters: Optional[int] = None  # None: the distiller's default (4000; direct: 500)
     distill_batch: int = 128
     calib_file: Optional[str] = None  # a distilled set saved earlier (python -m genie distill)
+    cuda_graph: bool = False  # replay training steps as CUDA graphs (GPU only)
 
     def distill_config(self):
         from .distill import DistillConfig
@@ -171,6 +172,7 @@ def calibration_images(spec, model, cfg: RunConfig, device, callback: Callback) 
         progress=cfg.progress,
         checkpoint_dir=checkpoints,
         model_name=cfg.model,
+        cuda_graph=cfg.cuda_graph,
     )
     if cfg.out:
         distilled.save(Path(cfg.out) / "distilled.pt")
@@ -209,7 +211,7 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         fold_bn=cfg.fold_bn,
     )
     qmodel.arch = cfg.model
-    report = reconstruct(qmodel, images, recon_cfg, callback=callback, progress=cfg.progress)
+    report = reconstruct(qmodel, images, recon_cfg, callback=callback, progress=cfg.progress, cuda_graph=cfg.cuda_graph)
     recon_seconds = time.perf_counter() - t_recon
     qmodel.release_teacher()
     q = evaluate(qmodel, test, progress=cfg.progress, desc="quantized evaluate")
@@ -236,6 +238,7 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         "q_top1": q["top1"],
         "q_top5": q["top5"],
         "recon_seconds": recon_seconds,
+        "cuda_graph": cfg.cuda_graph,
         "units": [
             {"name": u.name, "kind": u.kind, "init_error": u.init_error, "final_error": u.final_error, "seconds": u.seconds}
             for u in report.units

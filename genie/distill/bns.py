@@ -44,8 +44,8 @@ class BNStatsLoss:
         def hook(module, args):
             x = args[0]
             n, c = x.shape[:2]
-            grouped = x.reshape(n // self.group_size, self.group_size, c, -1)  # (G, n, C, H*W)
-            std, mean = torch.std_mean(grouped, dim=(1, 3))  # (G, C), unbiased std
+            grouped = x.unflatten(0, (n // self.group_size, self.group_size))  # (G, n, C, H, W), a view
+            std, mean = torch.std_mean(grouped, dim=(1, 3, 4))  # (G, C), unbiased std
             target_std = torch.sqrt(bn.running_var + BN_EPS)
             self._losses[index] = ((mean - bn.running_mean).pow(2).sum(1) + (std - target_std).pow(2).sum(1)) / c
 

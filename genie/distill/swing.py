@@ -68,7 +68,10 @@ class SwingConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or self.control is None:
             return self.conv(x)
-        return self.conv(swing_crop(x, self.control.offsets(self.layer_id)))
+        crop = swing_crop(x, self.control.offsets(self.layer_id))
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            crop = crop.contiguous(memory_format=torch.channels_last)  # keep the layout the caller chose
+        return self.conv(crop)
 
 
 def apply_swing(model: nn.Module, control: Optional[SwingControl] = None) -> nn.Module:

@@ -2,8 +2,10 @@
 
 Units (blocks or single layers) are optimised one after another from the input. For unit k the
 student's input is the quantized model's own output of units < k; the target is the FP
-teacher's output of unit k. Loss: ``||z - z_q||^2`` summed over features, averaged over the
-batch, plus the rounding regulariser of Eq. 15 (after a warm-up). Adam: softbits lr 1e-3
+teacher's output of unit k. Loss: ``||z - z_q||^2`` summed over channels (features) and averaged
+over the batch and spatial positions (as BRECQ, QDrop and the GENIE reference code compute it;
+lambda of Eq. 15 is tuned for this scale), plus the rounding regulariser of Eq. 15 (after a
+warm-up). Adam: softbits lr 1e-3
 (constant), weight step sizes lr 1e-4 and activation step sizes lr 4e-5 (cosine-annealed to 0).
 
 The hot loop does not synchronise with the host: batch indices are drawn up front on the
@@ -12,6 +14,7 @@ that is read every ``report_every`` iterations.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,6 +26,8 @@ from torch import nn
 from ..data import model_device
 from ..errors import GenieError
 from ..events import Callback, UnitEnd, UnitProgress, UnitStart, emit
+from ..graphs import run_steps
+from ..optim import DeviceAdam
 from .act_quantizer import ActQuantizer
 from .fake_quant import bernoulli_mask
 from .layers import QuantLayer
@@ -128,8 +133,14 @@ def _init_activations(unit: nn.Module, q_in: torch.Tensor, chunk: int, p: float)
 def _unit_error(unit: nn.Module, q_in: torch.Tensor, fp_out: torch.Tensor, chunk: int) -> float:
     total = torch.zeros((), dtype=torch.float64, device=q_in.device)
     for x, y in zip(q_in.split(chunk), fp_out.split(chunk)):
-        total += (unit(x) - y).pow(2).flatten(1).sum(1).sum(dtype=torch.float64)
+        total += reconstruction_error(unit(x), y).sum(dtype=torch.float64)
     return total.item() / len(q_in)
+
+
+def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image ``||z - z_q||^2`` summed over channels, averaged over spatial positions: ``(N,)``."""
+    err = (output - target).pow(2).sum(1)
+    return err.flatten(1).mean(1) if err.dim() > 1 else err
 
 
 def batch_indices(num: int, iters: int, batch: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -146,76 +157,105 @@ def _set_hard(unit: nn.Module, hard: bool) -> None:
             m.weight_quant.soft = not hard
 
 
-def _train_unit(unit, fp_in, q_in, fp_out, cfg: ReconConfig, method: str, generator, index, name, callback, bar, report_every):
-    layers = [m for m in unit.modules() if isinstance(m, QuantLayer) and not m.weight_quant.is_integer]
-    acts = [m for m in unit.modules() if isinstance(m, ActQuantizer) and m.enabled and m.initialized]
-    softbits = [l.weight_quant.softbits for l in layers if hasattr(l.weight_quant, "softbits")]
-    w_scales = [l.weight_quant.scale for l in layers if method == "genie"]
-    a_scales = [q.scale for q in acts]
-    groups, schedules = [], []
-    constant = lambda t: 1.0  # noqa: E731
-    cosine = lambda t: 0.5 * (1.0 + math.cos(math.pi * t / cfg.iters))  # noqa: E731
-    for params, lr, schedule in ((softbits, cfg.lr_softbits, constant), (w_scales, cfg.lr_weight_scale, cosine), (a_scales, cfg.lr_act_scale, cosine)):
-        if params:
-            groups.append({"params": params, "lr": lr})
-            schedules.append(schedule)
-    losses = torch.zeros(cfg.iters, device=q_in.device)
-    if not groups:
-        return losses[:0]
+class _UnitTrainer:
+    """The optimisation of one unit, as a step whose state (iteration counter, schedules, loss
+    record, batch indices) lives on the device: eager and CUDA-graph replay run the same code."""
+
+    def __init__(self, unit, fp_in, q_in, fp_out, cfg: ReconConfig, method: str, generator):
+        self.unit, self.fp_in, self.q_in, self.fp_out, self.cfg = unit, fp_in, q_in, fp_out, cfg
+        device = q_in.device
+        self.layers = [m for m in unit.modules() if isinstance(m, QuantLayer) and not m.weight_quant.is_integer]
+        self.acts = [m for m in unit.modules() if isinstance(m, ActQuantizer) and m.enabled and m.initialized]
+        groups = (
+            ([l.weight_quant.softbits for l in self.layers if hasattr(l.weight_quant, "softbits")], cfg.lr_softbits, False),
+            ([l.weight_quant.scale for l in self.layers] if method == "genie" else [], cfg.lr_weight_scale, True),
+            ([q.scale for q in self.acts], cfg.lr_act_scale, True),
+        )
+        self.params, self.lr0, self.cosine = [], [], []
+        for params, lr, cosine in groups:
+            for p in params:
+                self.params.append(p)
+                self.lr0.append(lr)
+                self.cosine.append(cosine)
+        self.has_softbits = bool(groups[0][0])
+        self.lam = cfg.round_weight if cfg.round_weight is not None else (1.0 if method == "genie" else 0.01)
+        self.warm = int(cfg.warmup * cfg.iters)
+        self.step_count = torch.zeros((), dtype=torch.int64, device=device)
+        self.losses = torch.zeros(cfg.iters, device=device)
+        n = len(q_in)
+        self.indices = batch_indices(n, cfg.iters, min(cfg.batch_size, n), generator, device)
+        self.optimizer = DeviceAdam(self.params) if self.params else None
+        for q in self.acts:
+            # on CPUs an explicit generator; on CUDA the (seeded, forked) default generator,
+            # which CUDA graphs can replay
+            q.drop_prob, q.generator = cfg.drop_prob, (generator if device.type == "cpu" else None)
+        self.generator = generator if device.type == "cpu" else None
+        entry = getattr(unit, "input_quant", None)
+        self.entry = entry if entry in self.acts else None
+
+    def _schedules(self):
+        t = self.step_count.to(torch.float32)
+        cosine = 0.5 * (1.0 + torch.cos(t * (math.pi / self.cfg.iters)))
+        lrs = [lr * cosine if cos else lr for lr, cos in zip(self.lr0, self.cosine)]
+        progress = ((t - self.warm) / max(1, self.cfg.iters - self.warm)).clamp(0.0, 1.0)
+        beta = self.cfg.beta_end + (self.cfg.beta_start - self.cfg.beta_end) * (1.0 - progress)
+        gate = (t >= self.warm).to(torch.float32)  # no rounding regulariser during the warm-up
+        return lrs, beta, gate
+
+    def step(self) -> None:
+        cfg = self.cfg
+        idx = self.indices.index_select(0, self.step_count.view(1)).view(-1)
+        x = self.q_in[idx]  # advanced indexing keeps the memory format (index_select does not)
+        if cfg.drop_prob > 0.0:
+            if self.entry is not None:
+                self.entry.fp_source = self.fp_in[idx]
+            else:
+                x = torch.where(bernoulli_mask(x, cfg.drop_prob, self.generator), self.fp_in[idx], x)
+        rec = reconstruction_error(self.unit(x), self.fp_out[idx]).mean()
+        lrs, beta, gate = self._schedules()
+        loss = rec
+        if self.has_softbits:
+            reg = sum(l.weight_quant.round_regularizer(beta) for l in self.layers if hasattr(l.weight_quant, "softbits"))
+            loss = loss + (self.lam * gate) * reg
+        grads = torch.autograd.grad(loss, self.params)
+        self.optimizer.step(list(grads), lrs)
+        self.losses.index_copy_(0, self.step_count.view(1), rec.detach().view(1))
+        self.step_count += 1
+
+    def close(self) -> None:
+        for q in self.acts:
+            q.drop_prob, q.generator, q.fp_source = 0.0, None, None
+
+
+def _train_unit(unit, fp_in, q_in, fp_out, cfg: ReconConfig, method: str, generator, index, name, callback, bar,
+                report_every, cuda_graph: bool):
+    trainer = _UnitTrainer(unit, fp_in, q_in, fp_out, cfg, method, generator)
+    if trainer.optimizer is None:
+        return trainer.losses[:0]
     for p in unit.parameters():
         p.requires_grad_(False)
-    for group in groups:
-        for p in group["params"]:
-            p.requires_grad_(True)
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedules)
-    lam = cfg.round_weight if cfg.round_weight is not None else (1.0 if method == "genie" else 0.01)
-    warm = int(cfg.warmup * cfg.iters)
-    n = len(q_in)
-    idx_all = batch_indices(n, cfg.iters, min(cfg.batch_size, n), generator, q_in.device)
-    for q in acts:
-        q.drop_prob, q.generator = cfg.drop_prob, generator
-    # QDrop input mixing: where the unit's input quantizer drops quantization, it passes on the
-    # FP model's input instead of the student's own; without one, the inputs are mixed here
-    entry = getattr(unit, "input_quant", None)
-    entry = entry if entry in acts else None
+    for p in trainer.params:
+        p.requires_grad_(True)
     _set_hard(unit, False)
-    last_report = 0
+    last = [0]
+
+    def after(done: int) -> None:
+        if done % report_every and done != cfg.iters:
+            return
+        if callback is not None:
+            emit(callback, UnitProgress(index, name, last[0], trainer.losses[last[0] : done].cpu()))
+        if bar is not None:
+            bar.update(done - last[0])
+            bar.set_postfix_str(f"{name} loss {trainer.losses[done - 1].item():.4g}", refresh=False)
+        last[0] = done
+
     try:
-        for it in range(cfg.iters):
-            idx = idx_all[it]
-            x = q_in[idx]  # advanced indexing keeps the memory format (index_select does not)
-            if cfg.drop_prob > 0.0:
-                if entry is not None:
-                    entry.fp_source = fp_in[idx]
-                else:
-                    x = torch.where(bernoulli_mask(x, cfg.drop_prob, generator), fp_in[idx], x)
-            target = fp_out[idx]
-            rec = (unit(x) - target).pow(2).flatten(1).sum(1).mean()
-            loss = rec
-            if softbits and it >= warm:
-                progress = (it - warm) / max(1, cfg.iters - warm)
-                beta = cfg.beta_end + (cfg.beta_start - cfg.beta_end) * (1.0 - progress)
-                loss = loss + lam * sum(l.weight_quant.round_regularizer(beta) for l in layers)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses[it] = rec.detach()
-            if (it + 1) % report_every == 0 or it + 1 == cfg.iters:
-                if callback is not None:
-                    emit(callback, UnitProgress(index, name, last_report, losses[last_report : it + 1].cpu()))
-                if bar is not None:
-                    bar.update(it + 1 - last_report)
-                    bar.set_postfix_str(f"{name} loss {losses[it].item():.4g}", refresh=False)
-                last_report = it + 1
+        run_steps(trainer.step, cfg.iters, q_in.device, cuda_graph, after)
     finally:
-        for q in acts:
-            q.drop_prob, q.generator, q.fp_source = 0.0, None, None
-        for group in groups:
-            for p in group["params"]:
-                p.requires_grad_(False)
-    return losses
+        trainer.close()
+        for p in trainer.params:
+            p.requires_grad_(False)
+    return trainer.losses
 
 
 def reconstruct(
@@ -225,6 +265,7 @@ def reconstruct(
     callback: Callback = None,
     progress: bool = True,
     report_every: int = 100,
+    cuda_graph: bool = False,
     **overrides,
 ) -> ReconReport:
     """Initialise activation step sizes and reconstruct every unit of ``qmodel`` in place.
@@ -233,6 +274,7 @@ def reconstruct(
     ``config`` or keyword overrides of :class:`ReconConfig` (``iters``, ``batch_size``, ``seed``,
     ``drop_prob``, ...). ``iters=0`` only calibrates step sizes (round-to-nearest weights).
     Events (:class:`UnitStart`, :class:`UnitProgress`, :class:`UnitEnd`) go to ``callback``.
+    ``cuda_graph``: on a GPU, replay each unit's training step as a captured CUDA graph.
     """
     from tqdm.auto import tqdm
 
@@ -254,9 +296,14 @@ def reconstruct(
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     units = qmodel.units()
     method = qmodel.config.quantizer
-    bar = tqdm(total=cfg.iters * len(units), desc="reconstruct", disable=not progress, unit="it")
     reports, t_start = [], time.perf_counter()
-    try:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=cfg.iters * len(units), desc="reconstruct", disable=not progress, unit="it"))
+        if device.type == "cuda":
+            # QDrop masks come from the default CUDA generator (CUDA graphs can replay it),
+            # seeded here; its previous state is restored afterwards
+            stack.enter_context(torch.random.fork_rng(devices=[device]))
+            torch.cuda.manual_seed(cfg.seed)
         for index, (name, unit) in enumerate(units):
             t0 = time.perf_counter()
             fp_in, fp_out = _capture(teacher, teacher.get_submodule(name), images, chunk, with_output=True)
@@ -269,7 +316,8 @@ def reconstruct(
             losses = torch.zeros(0)
             if cfg.iters > 0:
                 losses = _train_unit(
-                    unit, fp_in, q_in, fp_out, cfg, method, generator, index, name, callback, bar, report_every
+                    unit, fp_in, q_in, fp_out, cfg, method, generator, index, name, callback, bar, report_every,
+                    cuda_graph,
                 ).cpu()
             for m in unit.modules():
                 if isinstance(m, QuantLayer):
@@ -279,6 +327,4 @@ def reconstruct(
             reports.append(UnitReport(name, kind, init_error, final_error, seconds, losses))
             emit(callback, UnitEnd(index, name, kind, init_error, final_error, losses, seconds))
             del fp_in, fp_out, q_in
-    finally:
-        bar.close()
     return ReconReport(reports, time.perf_counter() - t_start)

@@ -1,8 +1,10 @@
-"""Optimiser and schedules for distillation that keep all state on the device.
+"""Optimiser and schedules that keep all their state on the device.
 
-Several independent batches are optimised together, so learning rates are per batch
-(tensors broadcast over each parameter's leading batch dimension), and the plateau schedule of
-the latents decides per batch from that batch's own loss, without pulling the loss to the host.
+The hot loops of distillation and reconstruction never wait for the host: learning rates are
+tensors (per batch when independent batches are optimised together: broadcast over each
+parameter's leading batch dimension), the step count lives on the device, and the plateau
+schedule decides per batch from that batch's own loss without pulling it to the host. The same
+code can therefore be captured once in a CUDA graph and replayed.
 """
 from __future__ import annotations
 
@@ -20,24 +22,23 @@ class DeviceAdam:
         self.eps = eps
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = 0
+        first = self.params[0]
+        self.steps = torch.zeros((), dtype=first.dtype, device=first.device)  # on the device
 
     @torch.no_grad()
     def step(self, grads: list, lrs: list) -> None:
+        """One update; ``lrs[i]`` is a tensor (or float) broadcastable to ``params[i]``."""
         self.steps += 1
         torch._foreach_lerp_(self.exp_avg, grads, 1 - self.beta1)
         torch._foreach_mul_(self.exp_avg_sq, self.beta2)
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - self.beta2)
-        c1 = 1 - self.beta1**self.steps
-        c2 = 1 - self.beta2**self.steps
+        c1 = 1 - torch.pow(self.beta1, self.steps)
+        c2 = torch.sqrt(1 - torch.pow(self.beta2, self.steps))
         denom = torch._foreach_sqrt(self.exp_avg_sq)
-        torch._foreach_div_(denom, c2**0.5)
+        torch._foreach_div_(denom, c2)
         torch._foreach_add_(denom, self.eps)
         for p, m, d, lr in zip(self.params, self.exp_avg, denom, lrs):
             p.addcdiv_(m * (lr / c1), d, value=-1.0)
-
-    def state(self) -> dict:
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
 
 
 class DevicePlateau:
@@ -53,11 +54,12 @@ class DevicePlateau:
 
     @torch.no_grad()
     def step(self, loss: torch.Tensor) -> None:
+        # in-place updates only: a replayed CUDA graph must find its state where it left it
         loss = loss.detach().to(self.best.dtype)
         better = loss < self.best * (1 - self.threshold)
-        self.best = torch.where(better, loss, self.best)
-        self.bad = torch.where(better, torch.zeros_like(self.bad), self.bad + 1)
+        self.best.copy_(torch.where(better, loss, self.best))
+        self.bad.copy_(torch.where(better, torch.zeros_like(self.bad), self.bad + 1))
         reduce = self.bad > self.patience
         new_lr = torch.clamp(self.lr * self.factor, min=self.min_lr)
-        self.lr = torch.where(reduce & (self.lr - new_lr > self.eps), new_lr, self.lr)
-        self.bad = torch.where(reduce, torch.zeros_like(self.bad), self.bad)
+        self.lr.copy_(torch.where(reduce & (self.lr - new_lr > self.eps), new_lr, self.lr))
+        self.bad.masked_fill_(reduce, 0)
