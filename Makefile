@@ -12,7 +12,7 @@ GENIE_ASSETS ?= $(abspath ../shared/assets)
 endif
 export GENIE_ASSETS
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# GPU benchmarks at the paper's full setting (see benchmarks/RESULTS.md); writes benchmarks/_out/
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

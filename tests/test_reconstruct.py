@@ -109,3 +109,10 @@ def test_bad_calibration_tensor(resnet20, calib64):
     qm = quantize_model(resnet20, calib64)
     with pytest.raises(GenieError, match="non-empty float tensor"):
         reconstruct(qm, calib64[:, 0], progress=False)
+
+
+def test_qdrop_probability_one_trains(resnet20, calib64):
+    qm = quantize_model(resnet20, calib64)
+    qm.unit_names = qm.unit_names[:2]
+    report = reconstruct(qm, calib64, iters=3, drop_prob=1.0, progress=False)
+    assert report.units[1].losses.shape == (3,)

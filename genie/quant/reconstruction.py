@@ -217,8 +217,10 @@ class _UnitTrainer:
         if self.has_softbits:
             reg = sum(l.weight_quant.round_regularizer(beta) for l in self.layers if hasattr(l.weight_quant, "softbits"))
             loss = loss + (self.lam * gate) * reg
-        grads = torch.autograd.grad(loss, self.params)
-        self.optimizer.step(list(grads), lrs)
+        # a parameter can drop out of the graph (QDrop probability 1 leaves activations FP)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        self.optimizer.step(grads, lrs)
         self.losses.index_copy_(0, self.step_count.view(1), rec.detach().view(1))
         self.step_count += 1
 
