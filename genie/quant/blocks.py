@@ -91,6 +91,19 @@ def is_weight_layer(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv2d, nn.Linear))
 
 
+def with_act_quants(modules: list) -> list:
+    """``modules`` with an :class:`ActQuantizer` inserted in front of every weight layer after the
+    first (the first reads the block's quantized input)."""
+    out, seen_layer = [], False
+    for m in modules:
+        if is_weight_layer(m):
+            if seen_layer:
+                out.append(ActQuantizer())
+            seen_layer = True
+        out.append(m)
+    return out
+
+
 class QuantBlock(nn.Module):
     """Quantized residual block: ``post(main(q(x)) + shortcut(q(x)))`` with ``q`` the shared
     input quantizer. ``main`` holds an :class:`ActQuantizer` in front of each weight layer after
@@ -100,14 +113,7 @@ class QuantBlock(nn.Module):
         super().__init__()
         self.source_type = source_type
         self.input_quant = ActQuantizer()
-        main, seen_layer = [], False
-        for m in parts.main:
-            if is_weight_layer(m):
-                if seen_layer:
-                    main.append(ActQuantizer())
-                seen_layer = True
-            main.append(m)
-        self.main = nn.Sequential(*main)
+        self.main = nn.Sequential(*with_act_quants(parts.main))
         self.shortcut = parts.shortcut
         self.has_residual = parts.shortcut is not None
         self.post = parts.post if parts.post is not None else nn.Identity()

@@ -42,11 +42,15 @@ class QuantLayer(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quant(self.weight)
 
-    def finalize(self) -> None:
-        """Hard-round the weight and drop the FP copy: only integers, scales and zero points remain."""
+    def finalize(self, placeholder: bool = False) -> None:
+        """Hard-round the weight and drop the FP copy: only integers, scales and zero points remain.
+        ``placeholder``: make empty integer buffers instead (to load a saved model into)."""
         if self.weight_quant.is_integer:
             return
-        self.weight_quant.finalize(self.weight)
+        if placeholder:
+            self.weight_quant.integer_placeholders(self.weight.shape, self.weight_quant.bits)
+        else:
+            self.weight_quant.finalize(self.weight)
         shape = self.weight.shape
         del self.weight
         self.register_buffer("weight", None)

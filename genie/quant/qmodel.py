@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import GenieError
 from .act_quantizer import ActQuantizer
-from .blocks import BlockParts, QuantBlock, default_block_table, flatten_sequential, is_weight_layer
+from .blocks import BlockParts, QuantBlock, default_block_table, flatten_sequential, is_weight_layer, with_act_quants
 from .bn_fold import fold_batchnorm
 from .layers import QuantLayer
 from .step_size import DEFAULT_P
@@ -110,17 +110,6 @@ def _quantize_layers(module: nn.Module, method: str, own_input_quant: bool) -> N
             _quantize_layers(child, method, own_input_quant)
 
 
-def _with_act_quants(modules: list) -> list:
-    out, seen = [], False
-    for m in modules:
-        if is_weight_layer(m):
-            if seen:
-                out.append(ActQuantizer())
-            seen = True
-        out.append(m)
-    return out
-
-
 def _build_block(block: nn.Module, parts: BlockParts, method: str) -> QuantBlock:
     qblock = QuantBlock(parts, type(block).__name__)
     # weight layers on the main path read a quantized tensor placed by the block
@@ -128,7 +117,7 @@ def _build_block(block: nn.Module, parts: BlockParts, method: str) -> QuantBlock
         if is_weight_layer(m):
             qblock.main[i] = QuantLayer(m, method, own_input_quant=False)
     if isinstance(qblock.shortcut, nn.Sequential):
-        qblock.shortcut = nn.Sequential(*_with_act_quants(flatten_sequential(qblock.shortcut.children())))
+        qblock.shortcut = nn.Sequential(*with_act_quants(flatten_sequential(qblock.shortcut.children())))
     if is_weight_layer(qblock.shortcut):
         qblock.shortcut = QuantLayer(qblock.shortcut, method, own_input_quant=False)
     elif isinstance(qblock.shortcut, nn.Sequential):
@@ -362,11 +351,7 @@ def integer_model_structure(model: nn.Module, config: QuantConfig, unit_names: l
     values unset), to load a saved state into. It has no teacher."""
     qm = _build(model, config.validate(), blocks, torch.device("cpu"))
     for _, layer in qm.layers():
-        shape = layer.weight.shape
-        layer.weight_quant.integer_placeholders(shape, config.w_bits)
-        del layer.weight
-        layer.register_buffer("weight", None)
-        layer.weight_shape = tuple(shape)
+        layer.finalize(placeholder=True)
     qm.unit_names = list(unit_names)
     qm.release_teacher()
     return qm
