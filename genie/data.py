@@ -6,6 +6,7 @@ mean and std (see :class:`genie.models.ModelSpec`); distilled images live in the
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -220,8 +221,10 @@ def evaluate(
         images, labels = data
         batches = ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size))
         total = (len(labels) + batch_size - 1) // batch_size
-    elif isinstance(data, torch.utils.data.Dataset):
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    elif isinstance(data, torch.utils.data.Dataset):  # e.g. an image folder: decode in worker processes
+        workers = min(8, os.cpu_count() or 1)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
         batches, total = iter(loader), len(loader)
     else:
         batches, total = iter(data), None
