@@ -13,9 +13,10 @@ matplotlib, plotly, ipywidgets and IPython are imported inside the functions tha
 ``import genie.viz`` needs only torch and numpy. Outside IPython, figures are not displayed
 (their ``figure()`` methods still return them) and summaries are printed.
 
-Units on axes: iterations are optimisation steps; BNS loss and reconstruction error are
-dimensionless sums of squared differences (see their definitions in :mod:`genie.distill.bns`
-and :mod:`genie.quant.reconstruction`); accuracy in percent; time in seconds.
+Units on axes: iterations are optimisation steps; the BNS loss is a dimensionless sum of squared
+differences of statistics (:mod:`genie.distill.bns`); reconstruction errors are squared output
+differences in the units of the activations (:data:`ERROR_LABEL`); accuracy in percent; time in
+seconds.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ import torch
 from .events import BatchDone, DistillProgress, DistillSnapshot, UnitEnd, UnitProgress, UnitStart
 
 LIVE_ENV = "GENIE_LIVE"
+# what genie.quant reports as a unit's error (reconstruction_error): the squared difference to the
+# FP32 output summed over channels, averaged over spatial positions and images
+ERROR_LABEL = "output error (squared, sum over channels, mean over pixels and images)"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
 # ----------------------------------------------------------------------------------------------
@@ -621,7 +625,7 @@ class BlockErrorChart(_View):
         return bar_figure(self.names, {self.BEFORE: [self.before.get(n) for n in self.names],
                                        self.AFTER: [self.after.get(n) for n in self.names]},
                           self.title, "reconstruction unit (block or single layer), in forward order",
-                          "output error (sum of squares per image, log)", log_y=self.log_y)
+                          ERROR_LABEL + ", log", log_y=self.log_y)
 
     def close(self) -> None:
         if self.closed:
@@ -699,7 +703,7 @@ class ReconMonitor(_View):
         self.progress = Progress(max(1, iters) * (units or 1), f"{title} reconstruction", live=self.live)
         self.chart = BlockErrorChart(f"{title}: reconstruction error per block", live=self.live)
         self.curve = (LiveLines(f"{title}: reconstruction loss of each unit", "iteration within the unit",
-                                "reconstruction loss (sum of squares per image, log)", log_y=True, live=self.live)
+                                "reconstruction loss (squared error, log)", log_y=True, live=self.live)
                       if show_loss else None)
         self._units_done = 0
 
