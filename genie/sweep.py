@@ -1,0 +1,359 @@
+"""Run a notebook over a grid of parameters with papermill and collect the results.
+
+    python -m genie.sweep notebooks/01_quickstart.ipynb --out runs/bits \\
+        --set smoke=false --grid w_bits=2,4 --grid quantizer=adaround,genie
+
+runs the notebook once per combination (cases x grid), writes each executed notebook to
+``OUT/<run>/<notebook>.ipynb``, points the notebook's ``out_dir`` parameter at ``OUT/<run>``,
+reads the ``result.json`` the notebook writes there, and combines everything into
+``OUT/results.json`` (a list of records: run name, parameters, status, result) and
+``OUT/results.csv`` (one row per run, scalar fields only). ``--case NAME:key=value,...`` adds
+named variants (e.g. the ablation's M1..M5) that are crossed with the grid.
+
+Values are parsed as Python literals when they can be (``4``, ``0.5``, ``True``, ``None``,
+``"text"``); ``true``/``false``/``none`` are accepted in lower case; anything else is a string.
+Exit status: 0 when every run succeeded, 1 when one failed (the others still run, unless
+``--fail-fast``), 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import itertools
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from .errors import GenieError
+
+RESULT_FILE = "result.json"
+_LOWER = {"true": True, "false": False, "none": None, "null": None}
+
+
+def parse_value(text: str):
+    """A command-line value as a Python value (literal if possible, else the string itself)."""
+    text = text.strip()
+    if text.lower() in _LOWER:
+        return _LOWER[text.lower()]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _split_items(text: str) -> list:
+    """Split ``a,b,[1,2],"x,y"`` at the top-level commas."""
+    items, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            current += ch
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        current += ch
+    items.append(current)
+    return [i for i in (s.strip() for s in items) if i]
+
+
+def parse_assignment(text: str, many: bool = False) -> tuple:
+    """``key=value`` -> ``(key, value)``; with ``many``, ``key=v1,v2`` -> ``(key, [v1, v2])``."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise GenieError(f"expected name=value, got {text!r}")
+    if many:
+        values = [parse_value(v) for v in _split_items(value)]
+        if not values:
+            raise GenieError(f"no values for {key!r} in {text!r}")
+        return key, values
+    return key, parse_value(value)
+
+
+def parse_case(text: str) -> tuple:
+    """``NAME:key=value,key=value`` -> ``(NAME, {key: value})``."""
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise GenieError(f"expected NAME:key=value,... (NAME of letters, digits, _ . -), got {text!r}")
+    return name, dict(parse_assignment(item) for item in _split_items(rest))
+
+
+def grid(**axes: Sequence) -> list:
+    """The cartesian product of ``axes`` as a list of parameter dicts (``[{}]`` without axes)."""
+    keys = list(axes)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(list(axes[k]) for k in keys))]
+
+
+def _slug(value) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value)).strip("-") or "x"
+
+
+def run_name(case: Optional[str], params: dict) -> str:
+    """A file-system friendly run name from the case name and the grid values."""
+    parts = ([case] if case else []) + [f"{k}={_slug(v)}" for k, v in params.items()]
+    return "_".join(parts) or "run"
+
+
+def plan(cases: Optional[dict] = None, axes: Optional[dict] = None, common: Optional[dict] = None) -> list:
+    """``[(name, parameters)]`` for every case crossed with every grid point; ``common``
+    parameters come first, then the case's, then the grid's (later ones win)."""
+    cases = cases or {None: {}}
+    runs, names = [], set()
+    for case, case_params in cases.items():
+        for point in grid(**(axes or {})):
+            name = run_name(case, point)
+            if name in names:
+                raise GenieError(f"two runs would be called {name!r}; give the cases different names")
+            names.add(name)
+            runs.append((name, {**(common or {}), **case_params, **point}))
+    return runs
+
+
+def find_notebook(name) -> Path:
+    """``name`` as given if it exists, else the notebook of that name in ``notebooks/`` of the
+    working directory or of the genie checkout."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in (Path.cwd() / "notebooks", Path(__file__).resolve().parents[1] / "notebooks"):
+        if (folder / path.name).is_file():
+            return folder / path.name
+    raise GenieError(f"no notebook {name} here, in ./notebooks or in the genie checkout's notebooks/")
+
+
+def notebook_parameters(notebook: Path) -> dict:
+    """Names and default expressions of the notebook's ``parameters`` cell (as papermill sees it)."""
+    import papermill as pm
+
+    return {name: info["default"] for name, info in pm.inspect_notebook(str(notebook)).items()}
+
+
+def check_parameters(notebook, runs: Iterable) -> None:
+    """Raise :class:`GenieError` when a run sets a parameter the notebook does not declare, or
+    when the notebook has no ``out_dir`` parameter."""
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise GenieError(f"no notebook at {notebook}")
+    declared = notebook_parameters(notebook)
+    for _, params in runs:
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            raise GenieError(f"{notebook.name} has no parameter {', '.join(unknown)} "
+                             f"(its parameters: {', '.join(declared)})")
+    if "out_dir" not in declared:
+        raise GenieError(f"{notebook.name} has no out_dir parameter: the sweep cannot collect its result.json")
+
+
+def sweep(notebook, runs: Iterable, out_dir, kernel: Optional[str] = None, cwd: Optional[str] = None,
+          fail_fast: bool = False, log=print, env: Optional[dict] = None, timeout: Optional[float] = None,
+          on_record=None) -> list:
+    """Execute ``notebook`` once per ``(name, parameters)`` in ``runs`` with papermill.
+
+    Each run gets ``out_dir = OUT/<name>`` injected (so the notebook's ``result.json`` lands
+    there) and its executed copy is written to ``OUT/<name>/<notebook name>``. Returns the list
+    of records also written to ``OUT/results.json`` and ``OUT/results.csv``. ``env``: extra
+    environment variables for the kernels (default: ``GENIE_LIVE=0``, static figures).
+    ``timeout``: seconds per cell. ``log``: called with one line of text per run start and end;
+    ``on_record``: called with each finished run's record (live progress displays).
+    """
+    import papermill as pm
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise GenieError(f"no notebook at {notebook}")
+    runs = list(runs)
+    check_parameters(notebook, runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved_env = {k: os.environ.get(k) for k in (env or {"GENIE_LIVE": "0"})}
+    os.environ.update(env or {"GENIE_LIVE": "0"})
+    records = []
+    try:
+        for i, (name, params) in enumerate(runs, 1):
+            run_dir = out / name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            result_path = run_dir / RESULT_FILE
+            if result_path.exists():
+                result_path.unlink()
+            injected = {**params, "out_dir": str(run_dir.resolve())}
+            log(f"[{i}/{len(runs)}] {name}: {', '.join(f'{k}={v!r}' for k, v in params.items())}")
+            t0 = time.perf_counter()
+            record = {"run": name, "parameters": params, "notebook": str(run_dir / notebook.name)}
+            try:
+                pm.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=injected,
+                                    kernel_name=kernel, cwd=cwd, progress_bar=False, log_output=False,
+                                    execution_timeout=timeout)
+                record["status"] = "ok"
+            except pm.PapermillExecutionError as exc:
+                record["status"] = "failed"
+                record["error"] = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+            except Exception as exc:  # the kernel died, a timeout, ...: record it and go on
+                record["status"] = "failed"
+                record["error"] = f"{type(exc).__name__}: {exc}"
+            record["seconds"] = round(time.perf_counter() - t0, 2)
+            if result_path.is_file():
+                record["result"] = json.loads(result_path.read_text())
+            elif record["status"] == "ok":
+                record["status"] = "no result"
+                record["error"] = f"the notebook wrote no {RESULT_FILE} into out_dir"
+            log(f"    {record['status']} in {record['seconds']:.1f} s" + (f": {record['error']}" if "error" in record else ""))
+            records.append(record)
+            write_results(records, out)
+            if on_record is not None:
+                on_record(record)
+            if fail_fast and record["status"] != "ok":
+                break
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    write_results(records, out)
+    return records
+
+
+def _flatten(record: dict) -> dict:
+    row = {"run": record["run"], "status": record["status"], "seconds": record.get("seconds")}
+    for prefix, values in (("param.", record.get("parameters", {})), ("", record.get("result", {}))):
+        for k, v in values.items():
+            if isinstance(v, (str, int, float, bool)) or v is None:
+                row[prefix + k] = v
+    if "error" in record:
+        row["error"] = record["error"]
+    return row
+
+
+def write_results(records: list, out_dir) -> tuple:
+    """Write ``results.json`` and ``results.csv`` into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    json_path, csv_path = out / "results.json", out / "results.csv"
+    json_path.write_text(json.dumps(records, indent=2) + "\n")
+    rows = [_flatten(r) for r in records]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return json_path, csv_path
+
+
+def collect(root) -> list:
+    """Every ``results.json`` below ``root`` (one per sweep) as one list of records, each with
+    its ``sweep`` folder; written to ``root/summary.json`` and ``root/summary.csv``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise GenieError(f"no folder {root} to collect results from")
+    records = []
+    for path in sorted(root.rglob("results.json")):
+        if path.parent == root:
+            continue
+        for record in json.loads(path.read_text()):
+            records.append({"sweep": str(path.parent.relative_to(root)), **record})
+    if not records:
+        raise GenieError(f"no results.json below {root}: run a sweep (or make reproduce) first")
+    (root / "summary.json").write_text(json.dumps(records, indent=2) + "\n")
+    rows = [{"sweep": r["sweep"], **_flatten(r)} for r in records]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(root / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return records
+
+
+def load_results(out_dir) -> list:
+    """The records of ``out_dir/results.json``."""
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        raise GenieError(f"no sweep results at {path}")
+    return json.loads(path.read_text())
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``sweep`` command to an ``argparse`` sub-parser collection; returns its parser."""
+    p = subparsers.add_parser(
+        "sweep", help="run a notebook over a grid of parameters with papermill, collect results",
+        description="Run a notebook once per combination of parameters with papermill; write each executed "
+                    "notebook and a combined results.json / results.csv under --out.")
+    _add_arguments(p)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("notebook", nargs="?", help="the notebook to run (it must have a parameters cell with out_dir)")
+    p.add_argument("--out", help="folder for the runs and results (e.g. runs/sweep-bits)")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                   help="a parameter and the values to sweep (repeat for a product)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a parameter for every run")
+    p.add_argument("--case", action="append", default=[], metavar="LABEL:NAME=V,NAME=V",
+                   help="a named variant, crossed with the grid (repeat)")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    p.add_argument("--cwd", default=None, help="working directory of the kernels (default: the current one)")
+    p.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--collect", metavar="DIR", default=None,
+                   help="instead of running: combine every results.json below DIR into DIR/summary.json and .csv")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Run the ``sweep`` command from parsed arguments; returns the exit status."""
+    try:
+        if args.collect:
+            records = collect(args.collect)
+            for r in records:
+                top = r.get("result", {})
+                numbers = ", ".join(f"{k}={v:.2f}" for k, v in top.items() if isinstance(v, float) and k.endswith("top1"))
+                print(f"{r['sweep']}/{r['run']}: {r['status']}" + (f"  {numbers}" if numbers else ""))
+            print(f"{len(records)} runs; wrote {Path(args.collect) / 'summary.json'} and summary.csv")
+            return 0 if all(r["status"] == "ok" for r in records) else 1
+        if not args.notebook or not args.out:
+            raise GenieError("give a notebook and --out (or --collect DIR)")
+        axes = dict(parse_assignment(g, many=True) for g in args.grid)
+        common = dict(parse_assignment(s) for s in args.set)
+        cases = dict(parse_case(c) for c in args.case) or None
+        runs = plan(cases, axes, common)
+        if args.dry_run:
+            check_parameters(args.notebook, runs)
+            for name, params in runs:
+                print(f"{name}: {params}")
+            return 0
+        records = sweep(args.notebook, runs, args.out, kernel=args.kernel, cwd=args.cwd,
+                        fail_fast=args.fail_fast, timeout=args.cell_timeout)
+    except GenieError as exc:
+        print(f"genie sweep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genie sweep: interrupted", file=sys.stderr)
+        return 130
+    failed = [r["run"] for r in records if r["status"] != "ok"]
+    print(f"{len(records) - len(failed)}/{len(records)} runs ok; results in {Path(args.out) / 'results.json'} and results.csv")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed or len(records) < len(runs) else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genie.sweep", description=__doc__.split("\n\n")[0])
+    _add_arguments(parser)
+    return run_sweep(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
