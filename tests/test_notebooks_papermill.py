@@ -1,0 +1,176 @@
+"""The notebooks as files (parameters cell, smoke default, algorithms only from genie, committed
+without outputs, one README section each), a papermill run of the quickstart with injected
+parameters through the sweep helper, and the sweep helper's argument handling and failures."""
+import ast
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from genie import sweep
+from genie.errors import GenieError
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CHECK = "# NBVAL_CHECK_OUTPUT"
+
+
+def _code(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.fixture(scope="module", params=NOTEBOOKS, ids=lambda p: p.name)
+def notebook(request):
+    return request.param, nbformat.read(request.param, as_version=4)
+
+
+def test_six_numbered_notebooks():
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
+
+
+def test_parameters_cell_defaults_to_smoke(notebook):
+    path, nb = notebook
+    tagged = [c for c in _code(nb) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
+    assert tagged[0] is _code(nb)[0], f"{path.name}: the parameters cell is the first code cell"
+    assert re.search(r"^smoke = True\b", tagged[0].source, re.M), f"{path.name}: smoke = True by default"
+    assert "if smoke else" in tagged[0].source, f"{path.name}: full-setting values next to the smoke ones"
+    assert "Speed knobs" in nb.cells[0].source, f"{path.name}: the first cell names the speed knobs"
+    assert re.search(r"^ASSETS = None", "\n".join(c.source for c in _code(nb)), re.M), f"{path.name}: one asset cell"
+
+
+def test_algorithms_come_from_genie(notebook):
+    """Bar 3: a notebook defines no model, loss or optimiser loop of its own."""
+    path, nb = notebook
+    source = "\n".join(c.source for c in _code(nb))
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            pytest.fail(f"{path.name} defines class {node.name}")
+    for pattern in (r"torch\.optim", r"\.backward\(", r"autograd", r"nn\.(Conv2d|Linear|Sequential)\(",
+                    r"\.step\(\)", r"F\.(mse_loss|cross_entropy)", r"\bfor\b.*\brange\(.*iters"):
+        assert not re.search(pattern, source), f"{path.name} contains {pattern!r}: use genie's functions"
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert any(m and m.startswith("genie") for m in imported), f"{path.name} imports nothing from genie"
+    assert not any(m and m.split(".")[0] not in {"genie", "pathlib"} for m in imported), imported
+
+
+def test_committed_without_outputs_except_checked_cells(notebook):
+    path, nb = notebook
+    checked = 0
+    for cell in _code(nb):
+        if cell.source.lstrip().startswith(CHECK):
+            checked += 1
+            assert cell.outputs, f"{path.name}: a {CHECK} cell needs its reference output"
+            assert cell.execution_count is not None, f"{path.name}: nbval ignores reference outputs of unrun cells"
+            assert all(o.output_type == "stream" for o in cell.outputs)
+        else:
+            assert cell.execution_count is None, f"{path.name}: clear execution counts before committing"
+            assert not cell.outputs, (f"{path.name}: commit with outputs cleared (only {CHECK} cells keep "
+                                      "theirs: execute the notebook and copy those outputs back)")
+    assert checked >= 1, f"{path.name}: at least one deterministic cell is checked by nbval"
+
+
+def test_readme_has_a_section_per_notebook():
+    readme = (ROOT / "README.md").read_text()
+    assert "\n## Notebooks\n" in readme
+    section = readme.split("\n## Notebooks\n", 1)[1]
+    for path in NOTEBOOKS:
+        assert f"notebooks/{path.name}" in section, path.name
+        assert f"papermill notebooks/{path.name}" in section, f"papermill command for {path.name}"
+    assert "python -m genie.sweep" in section and "make reproduce" in section
+
+
+# ---------------------------------------------------------------------------------------------
+# papermill: the quickstart with injected parameters, through the sweep helper
+
+
+def test_quickstart_runs_headless_with_injected_parameters(tmp_path):
+    out = tmp_path / "sweep"
+    status = sweep.main([str(ROOT / "notebooks" / "01_quickstart.ipynb"), "--out", str(out),
+                         "--set", "num_images=8", "--set", "distill_batch=8", "--set", "distill_iters=6",
+                         "--set", "recon_iters=0", "--set", "seed=3", "--set", "max_drop=5.0",
+                         "--grid", "w_bits=8", "--cwd", str(tmp_path)])
+    assert status == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["run"] for r in records] == ["w_bits=8"] and records[0]["status"] == "ok"
+    result = records[0]["result"]
+    assert (result["w_bits"], result["a_bits"], result["seed"], result["num_images"], result["recon_iters"]) == (8, 4, 3, 8, 0)
+    assert result["test_file"] == "cifar10_test_first100_lossless.npz" and result["fp_top1"] == pytest.approx(94.0)
+    assert result["final_bns_loss"] < result["initial_bns_loss"]
+    assert result["q_top1"] >= result["fp_top1"] - 5.0
+    assert (out / "w_bits=8" / "qmodel.pt").is_file() and (out / "w_bits=8" / "distilled.pt").is_file()
+    csv_head = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"run", "status", "param.w_bits", "q_top1"} <= set(csv_head)
+
+    executed = nbformat.read(out / "w_bits=8" / "01_quickstart.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "w_bits = 8" in injected[0].source and "seed = 3" in injected[0].source
+    outputs = [o for c in _code(executed) for o in c.outputs]
+    kinds = {k for o in outputs for k in o.get("data", {})}
+    assert "image/png" in kinds and "application/vnd.plotly.v1+json" in kinds, kinds  # static figures
+    assert "application/vnd.jupyter.widget-view+json" not in kinds  # no widgets headless
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "FP32 resnet20_cifar10: top-1 94.00 %" in text and "W8A4 genie" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep helper
+
+
+def _tiny(path, body):
+    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    params = new_code_cell("x = 1\nout_dir = 'runs/tiny'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_sweep_records_failed_runs_and_exits_nonzero(tmp_path, capsys):
+    nb = _tiny(tmp_path / "tiny.ipynb",
+               "import json, pathlib\nassert x != 2, 'x must not be 2'\n"
+               "pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)\n"
+               "(pathlib.Path(out_dir) / 'result.json').write_text(json.dumps({'square': x * x}))")
+    status = sweep.main([str(nb), "--out", str(tmp_path / "out"), "--grid", "x=1,2,3"])
+    assert status == 1
+    records = sweep.load_results(tmp_path / "out")
+    assert [(r["run"], r["status"]) for r in records] == [("x=1", "ok"), ("x=2", "failed"), ("x=3", "ok")]
+    assert "x must not be 2" in records[1]["error"] and records[2]["result"] == {"square": 9}
+    assert "failed: x=2" in capsys.readouterr().err
+
+
+def test_sweep_rejects_unknown_parameters_before_running(tmp_path, capsys):
+    nb = _tiny(tmp_path / "tiny.ipynb", "pass")
+    assert sweep.main([str(nb), "--out", str(tmp_path / "out"), "--grid", "y=1,2"]) == 2
+    assert "has no parameter y" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert sweep.main([str(tmp_path / "missing.ipynb"), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+
+
+def test_sweep_plans_cases_times_grid():
+    runs = sweep.plan({"M1": {"distiller": "direct"}, "M5": {"distiller": "genie"}}, {"w_bits": [2, 4]}, {"smoke": False})
+    assert [name for name, _ in runs] == ["M1_w_bits=2", "M1_w_bits=4", "M5_w_bits=2", "M5_w_bits=4"]
+    assert runs[0][1] == {"smoke": False, "distiller": "direct", "w_bits": 2}
+    with pytest.raises(GenieError, match="called"):
+        sweep.plan({"a": {}}, {"w": ["x y", "x-y"]})
+
+
+@pytest.mark.parametrize("text,value", [("4", 4), ("0.5", 0.5), ("false", False), ("True", True), ("none", None),
+                                        ("genie", "genie"), ("'a,b'", "a,b"), ("[4, 4]", [4, 4])])
+def test_parse_value(text, value):
+    assert sweep.parse_value(text) == value
+
+
+def test_parse_assignments_and_cases():
+    assert sweep.parse_assignment("bits=[4,4],[2,4]", many=True) == ("bits", [[4, 4], [2, 4]])
+    assert sweep.parse_case("M2:distiller=direct,swing=true") == ("M2", {"distiller": "direct", "swing": True})
+    for bad in ("novalue", "2x=1"):
+        with pytest.raises(GenieError, match="name=value"):
+            sweep.parse_assignment(bad)
+    with pytest.raises(GenieError, match="NAME:"):
+        sweep.parse_case("no colon")
