@@ -12,7 +12,7 @@ GENIE_ASSETS ?= $(abspath ../shared/assets)
 endif
 export GENIE_ASSETS
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean reproduce bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider notebooks/
+
+# GPU: notebooks 1-6 at the paper's settings (smoke=False), each run headless by papermill through
+# the sweep helper; executed notebooks, result.json files and a combined summary.json/summary.csv
+# under $(REPRODUCE_OUT). Days of GPU time in total (notebook 6 alone is 10 full runs).
+REPRODUCE_OUT ?= runs/reproduce
+reproduce: $(STAMP)
+	for nb in notebooks/0[1-6]_*.ipynb; do \
+		$(PY) -m genie.sweep $$nb --out $(REPRODUCE_OUT)/$$(basename $$nb .ipynb) --set smoke=False $(REPRODUCE_ARGS) || exit 1; \
+	done
+	$(PY) -m genie.sweep --collect $(REPRODUCE_OUT)
 
 # GPU benchmarks at the paper's full setting (see benchmarks/RESULTS.md); writes benchmarks/_out/
 bench: $(STAMP)
