@@ -879,6 +879,21 @@ class RunPanel:
 # notebook set-up
 
 
+def picker(smoke: bool) -> Callable:
+    """``pick(value, smoke_value, full_value)``: ``value`` unless it is None, else the value for
+    the mode. Notebooks resolve their ``None`` parameters with it *after* the parameters cell,
+    so that ``papermill -p smoke False`` switches every knob left at None to the full setting
+    (papermill injects its values after the parameters cell, so expressions in that cell would
+    keep their smoke values)."""
+
+    def pick(value, smoke_value, full_value):
+        if value is not None:
+            return value
+        return smoke_value if smoke else full_value
+
+    return pick
+
+
 def notebook_setup(assets: Optional[str] = None, live: Optional[bool] = None, threads: Optional[int] = None) -> dict:
     """The first code cell of every notebook: where weights and data come from, live or static
     display, CPU threads. Returns (and prints) what it found.
