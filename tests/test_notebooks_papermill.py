@@ -37,9 +37,31 @@ def test_parameters_cell_defaults_to_smoke(notebook):
     assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
     assert tagged[0] is _code(nb)[0], f"{path.name}: the parameters cell is the first code cell"
     assert re.search(r"^smoke = True\b", tagged[0].source, re.M), f"{path.name}: smoke = True by default"
-    assert "if smoke else" in tagged[0].source, f"{path.name}: full-setting values next to the smoke ones"
+    assert "picker(smoke)" in _code(nb)[1].source, f"{path.name}: the cell after the parameters resolves the mode"
     assert "Speed knobs" in nb.cells[0].source, f"{path.name}: the first cell names the speed knobs"
     assert re.search(r"^ASSETS = None", "\n".join(c.source for c in _code(nb)), re.M), f"{path.name}: one asset cell"
+
+
+def test_smoke_false_switches_every_mode_parameter(notebook):
+    """papermill injects its values after the parameters cell: ``-p smoke False`` must reach every
+    knob left at None (resolved in the next cell), and an injected knob must win over the mode."""
+    path, nb = notebook
+    params, settings = _code(nb)[0].source, _code(nb)[1].source
+    picks = re.findall(r"^(\w+) = pick\(\1, (.+)\)$", settings, re.M)
+    assert picks, f"{path.name}: no pick(...) lines"
+
+    def resolve(injected):
+        namespace = {}
+        for source in (params, injected, settings):  # the order papermill runs them in
+            exec(source, namespace)
+        return namespace
+
+    smoke, full = resolve(""), resolve("smoke = False")
+    for name, args in picks:
+        smoke_value, full_value = ast.literal_eval(f"({args})")
+        assert smoke[name] == smoke_value and full[name] == full_value, (path.name, name)
+    name = picks[0][0]
+    assert resolve(f"smoke = False\n{name} = 7")[name] == 7
 
 
 def test_algorithms_come_from_genie(notebook):
