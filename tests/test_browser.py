@@ -160,7 +160,14 @@ def test_quickstart_in_jupyterlab(lab):
             page.wait_for_function(
                 "() => document.querySelector('.genie-kernel-settings').textContent.includes('w_bits=5')", timeout=30_000)
 
-            # Run with the new value: the pipeline runs again inside the panel, with live views
+            # Run with the new value (and the shortest iterations: Home moves a slider to its minimum):
+            # the pipeline runs again inside the panel, with live views
+            for label, minimum in (("distill iters", 10), ("recon iters", 0)):
+                panel.locator(".widget-slider").filter(has_text=label).locator(".noUi-handle").first.focus()
+                page.keyboard.press("Home")
+                page.wait_for_function(
+                    f"() => document.querySelector('.genie-kernel-settings').textContent"
+                    f".includes('{label.replace(' ', '_')}={minimum}')", timeout=30_000)
             panel.locator("button", has_text="Run").click()
             page.wait_for_function(
                 "() => /run 1 finished|the run failed/.test(document.querySelector('.genie-run-panel').textContent)",

@@ -108,7 +108,7 @@ def test_gradient_coverage_checks_its_arguments():
 
 
 def test_import_genie_needs_no_plotting_or_notebook_package():
-    code = ("import sys, genie, genie.viz, genie.analysis, genie.sweep, genie.distill, genie.quant, genie.pipeline; "
+    code = ("import sys, genie, genie.viz, genie.analysis, genie.sweep; "
             "print([m for m in ('matplotlib', 'plotly', 'ipywidgets', 'IPython', 'papermill') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
