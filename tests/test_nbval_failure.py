@@ -7,11 +7,11 @@ import re
 import subprocess
 import sys
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 pytest.importorskip("nbval")
+nbformat = pytest.importorskip("nbformat")
+from nbformat.v4 import new_code_cell, new_notebook, new_output  # noqa: E402
 
 SETUP = "from genie.sweep import parse_value\nvalue = parse_value('[4, 4]')"
 CHECKED = "# NBVAL_CHECK_OUTPUT\nprint('bits', value)"

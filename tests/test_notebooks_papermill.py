@@ -6,11 +6,13 @@ import json
 import re
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
-from genie import sweep
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("papermill")
+from nbformat.v4 import new_code_cell, new_notebook  # noqa: E402
+
+from genie import sweep  # noqa: E402
 from genie.errors import GenieError
 
 ROOT = Path(__file__).resolve().parents[1]
