@@ -234,3 +234,13 @@ def test_generator_needs_an_image_size_divisible_by_4(tiny):
     with pytest.raises(GenieError, match="divisible by 4"):
         distill(tiny, 10, num_images=4, batch_size=4, iters=1, progress=False)
     distill(tiny, 10, num_images=4, batch_size=4, iters=1, distiller="direct", progress=False)  # pixels: any size
+
+
+def test_group_std_mean_gradient_matches_autograd():
+    from genie.distill.bns import GroupStdMean
+
+    x = torch.randn(2, 5, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(GroupStdMean.apply, (x,))
+    std, mean = GroupStdMean.apply(x)
+    ref_std, ref_mean = torch.std_mean(x, dim=(1, 3, 4))
+    assert torch.allclose(std, ref_std) and torch.allclose(mean, ref_mean)

@@ -68,6 +68,8 @@ class StackedGenerator(nn.Module):
         h = torch.baddbmm(self.lin_b[:, None, :], z, self.lin_w)  # (G, n, D)
         # channel-stacked layout (n, G*C, H, W): grouped convolutions and per-channel BN work per batch
         h = h.view(g, n, self.c1, s0, s0).transpose(0, 1).reshape(n, g * self.c1, s0, s0)
+        if h.device.type == "cpu":  # oneDNN convolutions are about twice as fast channels-last on CPUs
+            h = h.contiguous(memory_format=torch.channels_last)
         h = F.batch_norm(h, None, None, self.bn1_w, self.bn1_b, training=True)
         h = F.interpolate(h, scale_factor=2, mode="nearest")
         h = F.conv2d(h, self.conv1_w, self.conv1_b, padding=1, groups=g)
@@ -78,4 +80,6 @@ class StackedGenerator(nn.Module):
         h = torch.tanh(h)
         h = F.batch_norm(h, None, None, None, None, training=True)
         s = self.image_size
-        return h.view(n, g, 3, s, s).transpose(0, 1).reshape(g * n, 3, s, s)
+        if g == 1:
+            return h
+        return h.reshape(n, g, 3, s, s).transpose(0, 1).reshape(g * n, 3, s, s)
