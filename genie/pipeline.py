@@ -50,6 +50,8 @@ class RunConfig:
     distill_batch: int = 128
     calib_file: Optional[str] = None  # a distilled set saved earlier (python -m genie distill)
     cuda_graph: bool = False  # replay training steps as CUDA graphs (GPU only)
+    report_every: int = 100  # iterations between loss events (live plots)
+    snapshot_at: tuple = ()  # distillation iterations whose images are sent as events
 
     def distill_config(self):
         from .distill import DistillConfig
@@ -173,6 +175,8 @@ def calibration_images(spec, model, cfg: RunConfig, device, callback: Callback) 
         checkpoint_dir=checkpoints,
         model_name=cfg.model,
         cuda_graph=cfg.cuda_graph,
+        report_every=cfg.report_every,
+        snapshot_at=cfg.snapshot_at,
     )
     if cfg.out:
         distilled.save(Path(cfg.out) / "distilled.pt")
@@ -211,7 +215,8 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         fold_bn=cfg.fold_bn,
     )
     qmodel.arch = cfg.model
-    report = reconstruct(qmodel, images, recon_cfg, callback=callback, progress=cfg.progress, cuda_graph=cfg.cuda_graph)
+    report = reconstruct(qmodel, images, recon_cfg, callback=callback, progress=cfg.progress,
+                         report_every=cfg.report_every, cuda_graph=cfg.cuda_graph)
     recon_seconds = time.perf_counter() - t_recon
     qmodel.release_teacher()
     q = evaluate(qmodel, test, progress=cfg.progress, desc="quantized evaluate")

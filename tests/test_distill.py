@@ -192,6 +192,14 @@ def test_uneven_last_batch_and_events(tiny):
     assert torch.equal(snaps[1].images, ds.images[:16])  # the output is the last iteration's images
 
 
+def test_direct_snapshots_are_copies_taken_before_the_step(tiny):
+    snaps = []
+    ds = distill(tiny, 8, num_images=4, batch_size=4, distiller="direct", iters=5, seed=0, progress=False,
+                 snapshot_at=[0, 4], callback=lambda e: snaps.append(e) if isinstance(e, DistillSnapshot) else None)
+    assert not torch.equal(snaps[0].images, snaps[1].images)
+    assert torch.equal(snaps[1].images, ds.images)  # the output: the images the last loss was computed on
+
+
 def test_resume_after_interruption_gives_the_same_set(tiny, tmp_path):
     kwargs = dict(num_images=24, batch_size=8, iters=8, seed=3, progress=False, concurrent_batches=1)
     full = distill(tiny, 8, **kwargs)

@@ -116,3 +116,21 @@ def test_qdrop_probability_one_trains(resnet20, calib64):
     qm.unit_names = qm.unit_names[:2]
     report = reconstruct(qm, calib64, iters=3, drop_prob=1.0, progress=False)
     assert report.units[1].losses.shape == (3,)
+
+
+def test_learned_step_sizes_stay_positive(resnet20, calib64):
+    """conv1 of ResNet-20 has channels of near-zero weights (step ~1e-7); an absolute learning
+    rate of 1e-4 must not push their step below zero (which would flip the weights' sign)."""
+    qm = quantize_model(resnet20, calib64, quantizer="genie")
+    qm.unit_names = qm.unit_names[:1]
+    conv1 = dict(qm.layers())["conv1"]
+    initial = conv1.weight_quant.scale.detach().flatten().clone()
+    fp_weight = conv1.weight.clone()
+    tiny = initial < 1e-5
+    assert tiny.any()  # the case that matters is present
+    reconstruct(qm, calib64, iters=20, seed=0, progress=False)
+    learned = conv1.weight_quant.scale.flatten()
+    assert bool((learned >= 0.1 * initial * (1 - 1e-6)).all())
+    # the near-zero channels stay near zero (a negative step would flip and inflate them)
+    quantized = conv1.quantized_weight()
+    assert quantized[tiny].abs().max() <= 2 * fp_weight[tiny].abs().max()

@@ -189,18 +189,20 @@ def _distill_chunk(work, batch_ids, n, cfg, image_size, device, callback, bar, r
                 plateau.step(loss)
             losses.index_copy_(0, control.step.view(1), loss.detach().view(1, -1))
             control.step += 1
-            state["images"], state["per_layer"] = images.detach(), per_layer.detach()
+            # the images this step was computed on (the direct distiller's pixels are updated in place)
+            state["images"] = images.detach() if generator is not None else images.detach().clone()
+            state["per_layer"] = per_layer.detach()
 
         last = [0]
         snapshots = set(snapshot_at)
 
         def after(done: int) -> None:
             if done - 1 in snapshots:
-                emit(callback, DistillSnapshot(done - 1, list(batch_ids), state["images"].cpu()))
+                emit(callback, DistillSnapshot(done - 1, list(batch_ids), state["images"].to("cpu", copy=True)))
             if done % report_every == 0 or done == iters:
                 if callback is not None:
-                    emit(callback, DistillProgress(last[0], list(batch_ids), losses[last[0] : done].cpu(),
-                                                   state["per_layer"].cpu()))
+                    emit(callback, DistillProgress(last[0], list(batch_ids), losses[last[0] : done].to("cpu", copy=True),
+                                                   state["per_layer"].to("cpu", copy=True)))
                 if bar is not None:
                     bar.update((done - last[0]) * g_count)
                 last[0] = done

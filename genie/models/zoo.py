@@ -56,9 +56,16 @@ def _cifar(depth: int, filename: str, sha256: str, top1: float) -> ModelSpec:
     )
 
 
-def _tv(name: str, weights: Optional[str], top1: Optional[float], note: str = "") -> ModelSpec:
-    import torchvision
+def _torchvision_builder(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision  # imported when a model is built: importing genie stays light
 
+        return torchvision.models.get_model(name, weights=None)
+
+    return build
+
+
+def _tv(name: str, weights: Optional[str], top1: Optional[float], note: str = "") -> ModelSpec:
     return ModelSpec(
         name=name,
         dataset="imagenet",
@@ -66,7 +73,7 @@ def _tv(name: str, weights: Optional[str], top1: Optional[float], note: str = ""
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
         num_classes=1000,
-        build=lambda: torchvision.models.get_model(name, weights=None),
+        build=_torchvision_builder(name),
         torchvision_weights=weights,
         reference_top1=top1,
         note=note,

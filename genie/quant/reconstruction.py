@@ -48,6 +48,7 @@ class ReconConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     warmup: float = 0.2  # fraction of iterations without the rounding regulariser
+    min_scale_ratio: float = 0.1  # learned step sizes are kept >= this fraction of their initial value
     seed: int = 0
     chunk_size: Optional[int] = None  # images per forward when caching unit inputs
 
@@ -177,6 +178,11 @@ class _UnitTrainer:
                 self.params.append(p)
                 self.lr0.append(lr)
                 self.cosine.append(cosine)
+        # Step sizes stay above a tenth of their initial value: the learning rates are absolute,
+        # and a channel of near-zero weights (step ~1e-7) would otherwise be pushed below zero,
+        # flipping the sign of its weights.
+        self.scales = [p for p, cos in zip(self.params, self.cosine) if cos]
+        self.scale_floors = [p.detach() * cfg.min_scale_ratio for p in self.scales]
         self.has_softbits = bool(groups[0][0])
         self.lam = cfg.round_weight if cfg.round_weight is not None else (1.0 if method == "genie" else 0.01)
         self.warm = int(cfg.warmup * cfg.iters)
@@ -221,6 +227,8 @@ class _UnitTrainer:
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
         self.optimizer.step(grads, lrs)
+        with torch.no_grad():
+            torch._foreach_maximum_(self.scales, self.scale_floors)
         self.losses.index_copy_(0, self.step_count.view(1), rec.detach().view(1))
         self.step_count += 1
 
