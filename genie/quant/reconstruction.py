@@ -227,8 +227,9 @@ class _UnitTrainer:
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
         self.optimizer.step(grads, lrs)
-        with torch.no_grad():
-            torch._foreach_maximum_(self.scales, self.scale_floors)
+        if self.scales:
+            with torch.no_grad():
+                torch._foreach_maximum_(self.scales, self.scale_floors)
         self.losses.index_copy_(0, self.step_count.view(1), rec.detach().view(1))
         self.step_count += 1
 
