@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .errors import GenieError
+from .sweep import add_sweep_parser, run_sweep
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cuda-graph", action="store_true", help="GPU: replay the distillation step as a CUDA graph")
     d.add_argument("--out", required=True, help="file to write the distilled set to (.pt)")
     d.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_sweep_parser(sub)
     return parser
 
 
@@ -121,7 +123,7 @@ def _distill(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": _run, "models": _models, "distill": _distill}[args.command](args)
+        return {"run": _run, "models": _models, "distill": _distill, "sweep": run_sweep}[args.command](args)
     except GenieError as exc:
         print(f"genie: error: {exc}", file=sys.stderr)
         return 2
