@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..data import model_device
 from ..errors import GenieError
@@ -29,7 +30,7 @@ from ..events import Callback, UnitEnd, UnitProgress, UnitStart, emit
 from ..graphs import run_steps
 from ..optim import DeviceAdam
 from .act_quantizer import ActQuantizer
-from .fake_quant import bernoulli_mask
+from .fake_quant import bernoulli_mask, mask_as
 from .layers import QuantLayer
 from .qmodel import QuantizedModel
 
@@ -144,6 +145,12 @@ def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> torch.Te
     return err.flatten(1).mean(1) if err.dim() > 1 else err
 
 
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``reconstruction_error(output, target).mean()`` as one fused op: the mean squared error
+    over all elements times the channel count."""
+    return F.mse_loss(output, target) * output.shape[1]
+
+
 def batch_indices(num: int, iters: int, batch: int, generator: torch.Generator, device) -> torch.Tensor:
     """``(iters, batch)`` image indices: consecutive random permutations of ``range(num)``, so
     every image is used equally often and no count has to divide another."""
@@ -216,8 +223,9 @@ class _UnitTrainer:
             if self.entry is not None:
                 self.entry.fp_source = self.fp_in[idx]
             else:
-                x = torch.where(bernoulli_mask(x, cfg.drop_prob, self.generator), self.fp_in[idx], x)
-        rec = reconstruction_error(self.unit(x), self.fp_out[idx]).mean()
+                keep = mask_as(bernoulli_mask(x, cfg.drop_prob, self.generator), x)
+                x = torch.lerp(x, self.fp_in[idx], keep)  # weights 0/1: exactly x or the FP input
+        rec = reconstruction_loss(self.unit(x), self.fp_out[idx])
         lrs, beta, gate = self._schedules()
         loss = rec
         if self.has_softbits:
