@@ -102,22 +102,33 @@ def _distill(args: argparse.Namespace) -> int:
                         iters=args.distill_iters, batch_size=args.distill_batch, seed=args.seed,
                         concurrent_batches=args.concurrent_batches).validate()
     kwargs = dict(checkpoint_dir=args.checkpoint_dir, model_name=args.model, cuda_graph=args.cuda_graph)
-    if launched_by_torchrun():
-        device = init_process_group(args.device)
-        model = load_model(args.model).to(device)
-        distilled = distill_sharded(model, spec.image_size, cfg, progress=args.progress, **kwargs)
-        if distilled is None:
-            return 0
-    else:
+    if not launched_by_torchrun():
         device = RunConfig(device=args.device).resolved_device()
         model = load_model(args.model).to(device)
-        distilled = distill(model, spec.image_size, cfg, progress=args.progress, **kwargs)
+        _save_distilled(distill(model, spec.image_size, cfg, progress=args.progress, **kwargs), args, device)
+        return 0
+    import torch.distributed as dist
+
+    device = init_process_group(args.device)
+    try:
+        model = load_model(args.model).to(device)
+        distilled = distill_sharded(model, spec.image_size, cfg, progress=args.progress, **kwargs)
+        if distilled is not None:  # rank 0
+            _save_distilled(distilled, args, device)
+        # every rank leaves together: a rank exiting while the others still talk to it aborts
+        # inside gloo/nccl
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def _save_distilled(distilled, args: argparse.Namespace, device) -> None:
     distilled.save(args.out)
     meta = distilled.metadata
     print(f"distilled {len(distilled)} images from {args.model} with {meta['distiller']} "
           f"(swing {meta['swing']}, {meta['iters']} iterations) in {meta['seconds']:.1f} s on {device}; "
           f"BNS loss {float(distilled.losses[0].mean()):.4g} -> {distilled.final_loss:.4g}; wrote {args.out}")
-    return 0
 
 
 def main(argv=None) -> int:
