@@ -10,7 +10,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if not os.environ.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is_dir():
     os.environ["GENIE_ASSETS"] = str(ROOT.parent / "shared" / "assets")
 os.environ["GENIE_OFFLINE"] = "1"
-torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: each worker (and what it launches) takes one thread,
+    # which gets more work done than two workers fighting over two threads each
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    # the end-to-end runs take minutes: with parallel workers (make test), starting them first
+    # lets the short tests fill the other workers meanwhile (stable sort: order otherwise kept)
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,8 @@ import pytest
 
 from genie.cli import main
 
+pytestmark = pytest.mark.long
+
 REQUIRED = [
     "model", "w_bits", "a_bits", "data", "samples", "recon_iters", "quantizer", "seed", "device",
     "test_file", "fp_top1", "q_top1", "recon_seconds", "total_seconds", "torch_version", "genie_version",

@@ -7,6 +7,8 @@ import pytest
 
 from genie.cli import main
 
+pytestmark = pytest.mark.long
+
 
 @pytest.fixture(scope="module")
 def zeroshot_run(tmp_path_factory):
