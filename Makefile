@@ -35,7 +35,7 @@ test: $(STAMP)
 
 # GPU: notebooks 1-6 at the paper's settings (smoke=False), each run headless by papermill through
 # the sweep helper; executed notebooks, result.json files and a combined summary.json/summary.csv
-# under $(REPRODUCE_OUT). Days of GPU time in total (notebook 6 alone is 10 full runs).
+# under $(REPRODUCE_OUT). About 30 full-setting runs in all (notebook 6 alone is 10); GPU time unmeasured.
 REPRODUCE_OUT ?= runs/reproduce
 reproduce: $(STAMP)
 	for nb in notebooks/0[1-6]_*.ipynb; do \
