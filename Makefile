@@ -16,7 +16,7 @@ export GENIE_ASSETS
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --no-compile -e '.[notebooks,test]'  # --no-compile: about 40 s less here; modules compile on first import
+	$(PY) -m pip install -e '.[notebooks,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
