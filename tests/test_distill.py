@@ -252,3 +252,14 @@ def test_group_std_mean_gradient_matches_autograd():
     std, mean = GroupStdMean.apply(x)
     ref_std, ref_mean = torch.std_mean(x, dim=(1, 3, 4))
     assert torch.allclose(std, ref_std) and torch.allclose(mean, ref_mean)
+
+
+def test_load_distilled_rejects_other_files(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(GenieError, match="not a genie distilled set"):
+        load_distilled(tmp_path / "other.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    with pytest.raises(GenieError, match="not a readable genie distilled set"):
+        load_distilled(tmp_path / "broken.pt")
+    with pytest.raises(GenieError, match="no distilled set at"):
+        load_distilled(tmp_path / "missing.pt")

@@ -7,7 +7,7 @@ from typing import Union
 
 import torch
 
-from ..errors import GenieError
+from ..files import load_genie_file
 
 FORMAT = "genie.distilled-set"
 
@@ -54,12 +54,5 @@ class DistilledSet:
 
 def load_distilled(path: Union[str, Path]) -> DistilledSet:
     """Load a set written by :meth:`DistilledSet.save`."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise GenieError(f"no distilled set at {path}") from None
-    except Exception as exc:
-        raise GenieError(f"{path} is not a readable distilled set: {exc}") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise GenieError(f"{path} is not a genie distilled set")
+    blob = load_genie_file(path, FORMAT, "distilled set")
     return DistilledSet(blob["images"], blob["metadata"], blob["losses"], blob["per_layer"], blob["layer_names"])

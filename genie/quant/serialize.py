@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import GenieError
+from ..files import load_genie_file
 from .qmodel import QuantConfig, QuantizedModel, integer_model_structure
 
 FORMAT = "genie.quantized-model"
@@ -54,14 +55,7 @@ def load_quantized(
     ``model``: the FP architecture (weights are not used); needed unless the file names a zoo
     model. ``blocks``: the same custom block-table entries used when quantizing, if any.
     """
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise GenieError(f"no quantized model at {path}") from None
-    except Exception as exc:
-        raise GenieError(f"{path} is not a readable genie quantized model: {exc}") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise GenieError(f"{path} is not a genie quantized model (format {FORMAT!r} expected)")
+    blob = load_genie_file(path, FORMAT, "quantized model")
     if blob["format_version"] > FORMAT_VERSION:
         raise GenieError(f"{path} has format version {blob['format_version']}; this genie reads up to {FORMAT_VERSION}")
     if model is None:
