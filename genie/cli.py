@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .errors import GenieError
+from .errors import exit_status
 from .sweep import add_sweep_parser, run_sweep
 
 
@@ -133,11 +132,5 @@ def _save_distilled(distilled, args: argparse.Namespace, device) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return {"run": _run, "models": _models, "distill": _distill, "sweep": run_sweep}[args.command](args)
-    except GenieError as exc:
-        print(f"genie: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("genie: interrupted", file=sys.stderr)
-        return 130
+    command = {"run": _run, "models": _models, "distill": _distill, "sweep": run_sweep}[args.command]
+    return exit_status("genie", lambda: command(args))

@@ -16,3 +16,19 @@ class AssetError(GenieError):
 
 class ChecksumError(AssetError):
     """A file's sha256 does not match the published one."""
+
+
+def exit_status(prog: str, action) -> int:
+    """Run ``action()`` (a command returning its exit status) for the command line: a
+    :class:`GenieError` prints ``prog: error: <message>`` and gives 2, an interrupt prints
+    ``prog: interrupted`` and gives 130; neither shows a traceback."""
+    import sys
+
+    try:
+        return action()
+    except GenieError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

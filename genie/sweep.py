@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .errors import GenieError
+from .errors import GenieError, exit_status
 
 RESULT_FILE = "result.json"
 _LOWER = {"true": True, "false": False, "none": None, "null": None}
@@ -314,34 +314,31 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Run the ``sweep`` command from parsed arguments; returns the exit status."""
-    try:
-        if args.collect:
-            records = collect(args.collect)
-            for r in records:
-                top = r.get("result", {})
-                numbers = ", ".join(f"{k}={v:.2f}" for k, v in top.items() if isinstance(v, float) and k.endswith("top1"))
-                print(f"{r['sweep']}/{r['run']}: {r['status']}" + (f"  {numbers}" if numbers else ""))
-            print(f"{len(records)} runs; wrote {Path(args.collect) / 'summary.json'} and summary.csv")
-            return 0 if all(r["status"] == "ok" for r in records) else 1
-        if not args.notebook or not args.out:
-            raise GenieError("give a notebook and --out (or --collect DIR)")
-        axes = dict(parse_assignment(g, many=True) for g in args.grid)
-        common = dict(parse_assignment(s) for s in args.set)
-        cases = dict(parse_case(c) for c in args.case) or None
-        runs = plan(cases, axes, common)
-        if args.dry_run:
-            check_parameters(args.notebook, runs)
-            for name, params in runs:
-                print(f"{name}: {params}")
-            return 0
-        records = sweep(args.notebook, runs, args.out, kernel=args.kernel, cwd=args.cwd,
-                        fail_fast=args.fail_fast, timeout=args.cell_timeout)
-    except GenieError as exc:
-        print(f"genie sweep: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("genie sweep: interrupted", file=sys.stderr)
-        return 130
+    return exit_status("genie sweep", lambda: _sweep_command(args))
+
+
+def _sweep_command(args: argparse.Namespace) -> int:
+    if args.collect:
+        records = collect(args.collect)
+        for r in records:
+            top = r.get("result", {})
+            numbers = ", ".join(f"{k}={v:.2f}" for k, v in top.items() if isinstance(v, float) and k.endswith("top1"))
+            print(f"{r['sweep']}/{r['run']}: {r['status']}" + (f"  {numbers}" if numbers else ""))
+        print(f"{len(records)} runs; wrote {Path(args.collect) / 'summary.json'} and summary.csv")
+        return 0 if all(r["status"] == "ok" for r in records) else 1
+    if not args.notebook or not args.out:
+        raise GenieError("give a notebook and --out (or --collect DIR)")
+    axes = dict(parse_assignment(g, many=True) for g in args.grid)
+    common = dict(parse_assignment(s) for s in args.set)
+    cases = dict(parse_case(c) for c in args.case) or None
+    runs = plan(cases, axes, common)
+    if args.dry_run:
+        check_parameters(args.notebook, runs)
+        for name, params in runs:
+            print(f"{name}: {params}")
+        return 0
+    records = sweep(args.notebook, runs, args.out, kernel=args.kernel, cwd=args.cwd,
+                    fail_fast=args.fail_fast, timeout=args.cell_timeout)
     failed = [r["run"] for r in records if r["status"] != "ok"]
     print(f"{len(records) - len(failed)}/{len(records)} runs ok; results in {Path(args.out) / 'results.json'} and results.csv")
     if failed:
