@@ -5,7 +5,7 @@ import torch
 from genie.errors import GenieError
 from genie.events import UnitEnd, UnitProgress, UnitStart
 from genie.quant import quantize_model, reconstruct
-from genie.quant.reconstruction import batch_indices
+from genie.quant.reconstruction import batch_indices, reconstruction_error, reconstruction_loss
 
 
 def test_batch_indices_cover_every_image_equally():
@@ -134,3 +134,10 @@ def test_learned_step_sizes_stay_positive(resnet20, calib64):
     # the near-zero channels stay near zero (a negative step would flip and inflate them)
     quantized = conv1.quantized_weight()
     assert quantized[tiny].abs().max() <= 2 * fp_weight[tiny].abs().max()
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4, 3), (6, 10)])
+def test_training_loss_is_the_mean_reported_error(shape):
+    g = torch.Generator().manual_seed(0)
+    out, target = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    assert torch.allclose(reconstruction_loss(out, target), reconstruction_error(out, target).mean(), rtol=1e-6)
