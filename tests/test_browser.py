@@ -160,14 +160,15 @@ def test_quickstart_in_jupyterlab(lab):
             page.wait_for_function(
                 "() => document.querySelector('.genie-kernel-settings').textContent.includes('w_bits=5')", timeout=30_000)
 
-            # Run with the new value (and the shortest iterations: Home moves a slider to its minimum):
-            # the pipeline runs again inside the panel, with live views
-            for label, minimum in (("distill iters", 10), ("recon iters", 0)):
+            # Run with the new value and short runs (Home moves a slider to its minimum, ArrowRight
+            # one step up): the pipeline runs again inside the panel, with live views
+            for label, keys, value in (("distill iters", ["Home"], 10), ("recon iters", ["Home", "ArrowRight"], 10)):
                 panel.locator(".widget-slider").filter(has_text=label).locator(".noUi-handle").first.focus()
-                page.keyboard.press("Home")
+                for key in keys:
+                    page.keyboard.press(key)
                 page.wait_for_function(
-                    f"() => document.querySelector('.genie-kernel-settings').textContent"
-                    f".includes('{label.replace(' ', '_')}={minimum}')", timeout=30_000)
+                    f"() => /{label.replace(' ', '_')}={value}(?![0-9])/"
+                    ".test(document.querySelector('.genie-kernel-settings').textContent)", timeout=30_000)
             panel.locator("button", has_text="Run").click()
             page.wait_for_function(
                 "() => /run 1 finished|the run failed/.test(document.querySelector('.genie-run-panel').textContent)",
