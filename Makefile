@@ -16,7 +16,7 @@ export GENIE_ASSETS
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[notebooks,test]'
+	$(PY) -m pip install -e '.[notebooks,export,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

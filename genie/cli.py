@@ -24,6 +24,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setting", default="brecq", choices=["brecq", "all"],
                    help="brecq: first/last layer 8-bit (paper Tables 2,3,5); all: every layer at the target bits")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm unfolded (reference behaviour)")
+    p.add_argument("--weight-symmetric", action="store_true",
+                   help="signed weights with zero point 0 (runtimes such as TensorRT) instead of asymmetric")
+    p.add_argument("--export-onnx", action="store_true", help="also write OUT/model.onnx (QDQ; see genie export)")
+    _add_onnx_int_argument(p)
     p.add_argument("--drop-prob", type=float, default=0.5, help="QDrop probability (0 disables; default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -34,6 +38,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPU: capture each training step once as a CUDA graph and replay it (much less launch overhead)")
     p.add_argument("--out", default=None, help="folder for result.json and qmodel.pt")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _add_onnx_int_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx-int", default="qcdq", choices=["qcdq", "int4"],
+                   help="ONNX integer form: qcdq (opset 13, int8 containers + Clip, 2-8 bits; default) or "
+                        "int4 (opset 21, native INT4/UINT4 for 4-bit tensors, 4-8 bits)")
 
 
 def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cuda-graph", action="store_true", help="GPU: replay the distillation step as a CUDA graph")
     d.add_argument("--out", required=True, help="file to write the distilled set to (.pt)")
     d.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    e = sub.add_parser("export", help="write a saved quantized model (qmodel.pt) as an ONNX QDQ file")
+    e.add_argument("qmodel", help="a quantized model written by genie (DIR/qmodel.pt)")
+    e.add_argument("--out", required=True, help="the ONNX file to write (e.g. model.onnx)")
+    e.add_argument("--model", default=None,
+                   help="zoo model the file was quantized from (default: the name stored in the file)")
+    _add_onnx_int_argument(e)
+    e.add_argument("--image-size", type=int, default=None,
+                   help="input side in pixels (default: the zoo model's)")
     add_sweep_parser(sub)
     return parser
 
@@ -76,7 +94,34 @@ def _run(args: argparse.Namespace) -> int:
     result = run(cfg)
     print(result.table())
     if cfg.out:
-        print(f"\nwrote {cfg.out}/result.json and {cfg.out}/qmodel.pt")
+        onnx_file = f" and {cfg.out}/model.onnx" if cfg.export_onnx else ""
+        print(f"\nwrote {cfg.out}/result.json, {cfg.out}/qmodel.pt{onnx_file}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .errors import GenieError
+    from .export import check_output_path, export_onnx
+    from .export.graph import require_onnx
+    from .models import load_model, model_spec
+    from .quant import load_quantized
+
+    out = check_output_path(args.out)
+    require_onnx()
+    model = None
+    arch = args.model
+    if arch is not None:
+        model = load_model(arch, pretrained=False)
+    qmodel = load_quantized(args.qmodel, model=model)
+    arch = arch or qmodel.arch
+    if args.image_size is None and not arch:
+        raise GenieError(f"{args.qmodel} names no zoo model: pass --model NAME or --image-size PIXELS")
+    size = args.image_size or model_spec(arch).image_size
+    if arch and qmodel.arch is None:
+        qmodel.arch = arch
+    report = export_onnx(qmodel, out, (1, 3, size, size), int_form=args.onnx_int)
+    ops = ", ".join(f"{k} {v}" for k, v in report.operators.items())
+    print(f"wrote {report.path} ({report.file_bytes} bytes, opset {report.opset}, {report.int_form}): {ops}")
     return 0
 
 
@@ -132,5 +177,5 @@ def _save_distilled(distilled, args: argparse.Namespace, device) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"run": _run, "models": _models, "distill": _distill, "sweep": run_sweep}[args.command]
+    command = {"run": _run, "models": _models, "distill": _distill, "export": _export, "sweep": run_sweep}[args.command]
     return exit_status("genie", lambda: command(args))

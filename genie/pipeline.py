@@ -39,6 +39,7 @@ class RunConfig:
     batch_size: int = 32
     setting: str = "brecq"  # brecq | all
     fold_bn: bool = True
+    weight_symmetric: bool = False  # signed weights, zero point 0 (TensorRT-style)
     drop_prob: float = 0.5
     test_source: str = "auto"  # CIFAR: auto | npz | lossless100 | torchvision
     data_dir: Optional[str] = None  # ImageNet-style root with train/ and val/
@@ -52,6 +53,8 @@ class RunConfig:
     cuda_graph: bool = False  # replay training steps as CUDA graphs (GPU only)
     report_every: int = 100  # iterations between loss events (live plots)
     snapshot_at: tuple = ()  # distillation iterations whose images are sent as events
+    export_onnx: bool = False  # also write out/model.onnx (QDQ; genie.export)
+    onnx_int: str = "qcdq"  # integer form of the ONNX file: qcdq | int4
 
     def distill_config(self):
         from .distill import DistillConfig
@@ -192,7 +195,10 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
     # check every setting before any slow step
     if cfg.samples <= 0:
         raise GenieError(f"--samples must be positive, got {cfg.samples}")
-    QuantConfig(cfg.w_bits, cfg.a_bits, cfg.quantizer, cfg.setting, cfg.fold_bn).validate()
+    QuantConfig(cfg.w_bits, cfg.a_bits, cfg.quantizer, cfg.setting, cfg.fold_bn,
+                weight_symmetric=cfg.weight_symmetric).validate()
+    if cfg.export_onnx:
+        _check_onnx_export(cfg)
     recon_cfg = ReconConfig(iters=cfg.recon_iters, batch_size=cfg.batch_size, drop_prob=cfg.drop_prob, seed=cfg.seed)
     recon_cfg.validate()
     if cfg.data == "synthetic" and not cfg.calib_file:
@@ -213,6 +219,7 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         quantizer=cfg.quantizer,
         setting=cfg.setting,
         fold_bn=cfg.fold_bn,
+        weight_symmetric=cfg.weight_symmetric,
     )
     qmodel.arch = cfg.model
     report = reconstruct(qmodel, images, recon_cfg, callback=callback, progress=cfg.progress,
@@ -226,6 +233,7 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         "a_bits": cfg.a_bits,
         "setting": cfg.setting,
         "fold_bn": cfg.fold_bn,
+        "weight_symmetric": cfg.weight_symmetric,
         "data": cfg.data,
         "samples": cfg.samples,
         "calib_source": calib_source,
@@ -259,4 +267,27 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         out.mkdir(parents=True, exist_ok=True)
         save_quantized(qmodel, out / "qmodel.pt", metadata={k: v for k, v in values.items() if k != "units"})
         (out / "result.json").write_text(result.to_json() + os.linesep)
+        if cfg.export_onnx:
+            from .export import export_onnx
+
+            # the example fixes only the input shape: the file equals `genie export` of qmodel.pt
+            export_onnx(qmodel, out / "model.onnx", (1, 3, spec.image_size, spec.image_size),
+                        int_form=cfg.onnx_int)
     return result
+
+
+def _check_onnx_export(cfg: RunConfig) -> None:
+    """Everything ``--export-onnx`` needs, checked before any slow step."""
+    from .export.graph import require_onnx
+    from .export.qdq import int_form
+
+    if not cfg.out:
+        raise GenieError("--export-onnx writes OUT/model.onnx: give --out DIR")
+    require_onnx()
+    form = int_form(cfg.onnx_int)
+    narrowest = min(cfg.w_bits, cfg.a_bits)
+    if narrowest < form.min_bits:
+        raise GenieError(
+            f"--onnx-int {form.name} holds tensors of {form.min_bits} bits or more; W{cfg.w_bits}A{cfg.a_bits} "
+            "needs --onnx-int qcdq"
+        )

@@ -40,6 +40,7 @@ class QuantConfig:
     setting: str = "brecq"  # brecq | all
     fold_bn: bool = True
     p_norm: float = DEFAULT_P  # norm of the step-size search (Eq. 16)
+    weight_symmetric: bool = False  # signed weights with zero point 0 (runtimes such as TensorRT)
 
     def validate(self) -> "QuantConfig":
         for name in ("w_bits", "a_bits"):
@@ -50,6 +51,8 @@ class QuantConfig:
             raise GenieError(f"unknown quantizer {self.quantizer!r}; use one of {', '.join(WEIGHT_METHODS)}")
         if self.setting not in SETTINGS:
             raise GenieError(f"unknown bit setting {self.setting!r}; use one of {', '.join(SETTINGS)}")
+        if not isinstance(self.weight_symmetric, bool):
+            raise GenieError(f"weight_symmetric must be True or False, got {self.weight_symmetric!r}")
         if not self.p_norm > 0:
             raise GenieError(f"p_norm must be positive, got {self.p_norm}")
         return self
@@ -326,23 +329,26 @@ def quantize_model(
     fold_bn: bool = True,
     p_norm: float = DEFAULT_P,
     blocks: Optional[dict] = None,
+    weight_symmetric: bool = False,
 ) -> QuantizedModel:
     """Make a fake-quantized copy of ``model`` (which is not modified).
 
     example_images: ``(N, C, H, W)`` inputs in the model's normalised space (two are used to
     find the execution order; calibration images do). ``blocks``: extra or replacement entries
     ``{block type: parts function}`` for the block table, or ``False`` to treat every layer as
-    its own unit. Weight step sizes are searched here; activation step sizes need data and are
-    set by :func:`genie.quant.reconstruct`.
+    its own unit. ``weight_symmetric``: signed weights with zero point 0 (for runtimes that
+    require it, e.g. TensorRT) instead of the default per-channel asymmetric range. Weight step
+    sizes are searched here; activation step sizes need data and are set by
+    :func:`genie.quant.reconstruct`.
     """
-    config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm).validate()
+    config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm, weight_symmetric).validate()
     _check_example(model, example_images)
     qm = _build(model, config, blocks, example_images.device)
     info = _probe(qm, qm.teacher, example_images[:2])
     qm.unit_names = info["units"]
     _assign_bits(qm, info["order"])
     for _, layer in qm.layers():
-        layer.weight_quant.setup(layer.weight, layer.weight_quant.bits, p_norm)
+        layer.weight_quant.setup(layer.weight, layer.weight_quant.bits, p_norm, symmetric=weight_symmetric)
     return qm
 
 

@@ -30,6 +30,7 @@ from ..events import Callback, UnitEnd, UnitProgress, UnitStart, emit
 from ..graphs import run_steps
 from ..optim import DeviceAdam
 from .act_quantizer import ActQuantizer
+from .bias import snap_biases
 from .fake_quant import bernoulli_mask, mask_as
 from .layers import QuantLayer
 from .qmodel import QuantizedModel
@@ -341,6 +342,7 @@ def reconstruct(
             for m in unit.modules():
                 if isinstance(m, QuantLayer):
                     m.finalize()
+            snap_biases(unit)  # the int32 bias an integer runtime adds (genie.quant.bias)
             final_error = _unit_error(unit, q_in, fp_out, chunk)
             seconds = time.perf_counter() - t0
             reports.append(UnitReport(name, kind, init_error, final_error, seconds, losses))

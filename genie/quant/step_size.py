@@ -45,15 +45,23 @@ def quantize_asymmetric(x, scale, zero_point, bits: int):
     return (torch.clamp(torch.round(x / scale) + zero_point, 0, 2**bits - 1) - zero_point) * scale
 
 
-def search_weight_scale(weight: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int = 100) -> tuple:
-    """Per-output-channel asymmetric step size and zero point minimising the Lp error.
+def search_weight_scale(weight: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int = 100,
+                        symmetric: bool = False) -> tuple:
+    """Per-output-channel step size and zero point minimising the Lp error.
 
     weight: ``(C_out, ...)``. Returns ``(scale, zero_point)``, both ``(C_out,)`` float32
-    (the zero point holds integers in ``[0, 2^bits - 1]``).
+    (the zero point holds integers in ``[0, 2^bits - 1]``). ``symmetric``: the zero point is
+    fixed at ``2^(bits-1)``, so ``w_int - z`` spans the signed range ``[-2^(b-1), 2^(b-1) - 1]``
+    (a signed integer weight with zero point 0, which some runtimes require); the range searched
+    is ``[-max|w|, max|w|]``.
     """
     w = weight.detach().reshape(weight.shape[0], -1).float()
-    lo = w.min(dim=1).values.clamp(max=0)
-    hi = w.max(dim=1).values.clamp(min=0)
+    if symmetric:
+        hi = w.abs().max(dim=1).values
+        lo = -hi
+    else:
+        lo = w.min(dim=1).values.clamp(max=0)
+        hi = w.max(dim=1).values.clamp(min=0)
     ratios = clip_ratios(num, w.device)
     best_err = torch.full_like(lo, float("inf"))
     best_scale = torch.ones_like(lo)
@@ -64,6 +72,8 @@ def search_weight_scale(weight: torch.Tensor, bits: int, p: float = DEFAULT_P, n
     for start in range(0, num, step):
         r = ratios[start : start + step, None]  # (R, 1)
         scale, zp = asymmetric_params(r * lo, r * hi, bits)  # (R, C)
+        if symmetric:
+            zp = torch.full_like(zp, 2 ** (bits - 1))
         s3, z3 = scale[..., None], zp[..., None]
         q = buf[: len(r)]
         # |w - s * (clamp(round(w / s) + z, 0, qmax) - z)|^p, in place

@@ -34,13 +34,16 @@ class WeightQuantizer(nn.Module):
         self.enabled = True  # False: pass the FP weight through
         self.soft = True  # adaround/genie: soft h(V) (True) or hard rounding V >= 0 (False)
         self.is_integer = False
+        self.symmetric = False  # zero point fixed at 2^(bits-1): a signed weight with zero point 0
 
     def get_extra_state(self):
-        return {"method": self.method, "bits": self.bits, "enabled": self.enabled, "is_integer": self.is_integer}
+        return {"method": self.method, "bits": self.bits, "enabled": self.enabled, "is_integer": self.is_integer,
+                "symmetric": self.symmetric}
 
     def set_extra_state(self, state):
         self.method = state["method"]
         self.bits = int(state["bits"])
+        self.symmetric = bool(state.get("symmetric", False))
         self.enabled = bool(state["enabled"])
         if bool(state["is_integer"]) and not self.is_integer:
             raise RuntimeError("load an integer checkpoint into a quantizer made with integer_placeholders()")
@@ -50,10 +53,12 @@ class WeightQuantizer(nn.Module):
         return 2**self.bits - 1
 
     @torch.no_grad()
-    def setup(self, weight: torch.Tensor, bits: int, p: float = DEFAULT_P) -> None:
-        """Search the step size (Eq. 16, norm ``p``) and initialise softbits so h(V) = frac(W/s)."""
+    def setup(self, weight: torch.Tensor, bits: int, p: float = DEFAULT_P, symmetric: bool = False) -> None:
+        """Search the step size (Eq. 16, norm ``p``) and initialise softbits so h(V) = frac(W/s).
+        ``symmetric``: zero point fixed at ``2^(bits-1)`` (see :func:`search_weight_scale`)."""
         self.bits = bits
-        scale, zero_point = search_weight_scale(weight, bits, p)
+        self.symmetric = symmetric
+        scale, zero_point = search_weight_scale(weight, bits, p, symmetric=symmetric)
         shape = (weight.shape[0],) + (1,) * (weight.dim() - 1)
         scale, zero_point = scale.view(shape).to(weight.dtype), zero_point.view(shape).to(weight.dtype)
         self.scale = nn.Parameter(scale, requires_grad=self.method == "genie")

@@ -1,0 +1,195 @@
+"""Running exported models in onnxruntime (CPU): sessions, accuracy, latency, operator counts,
+and the integer activations of a QDQ graph next to genie's own (the parity check)."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import GenieError
+from .onnx_export import INPUT_NAME
+from .graph import require_onnx
+
+
+def require_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise GenieError(
+            "running ONNX models needs onnxruntime: pip install 'genie-zsq[export]' (or pip install onnxruntime)"
+        ) from None
+    return onnxruntime
+
+
+def onnx_session(model: Union[str, Path, bytes], threads: Optional[int] = None, optimized_path: Optional[str] = None,
+                 optimization: str = "all"):
+    """An onnxruntime CPU session for a file or serialized model. ``threads``: intra-op threads
+    (default: torch's thread count, so a comparison with torch is like for like).
+    ``optimized_path``: also write the graph onnxruntime optimised (to see which kernels run)."""
+    ort = require_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
+    if optimized_path:
+        opts.optimized_model_filepath = str(optimized_path)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """The model's output for ``images`` ``(N, C, H, W)``, in batches: ``(N, classes)`` float32."""
+    outs = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].detach().float().cpu().numpy()
+        outs.append(session.run(None, {INPUT_NAME: x})[0])
+    return np.concatenate(outs)
+
+
+def evaluate_onnx(model: Union[str, Path, bytes], data, batch_size: int = 500, threads: Optional[int] = None) -> dict:
+    """Top-1 / top-5 (%) of an ONNX classifier on ``data`` (:class:`genie.data.LabeledImages`),
+    in the shape of :func:`genie.data.evaluate`'s result, plus ``predictions``."""
+    logits = run_onnx(onnx_session(model, threads), data.images, batch_size)
+    labels = data.labels.cpu().numpy()
+    top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+    return {
+        "top1": float((top5[:, 0] == labels).mean() * 100.0),
+        "top5": float((top5 == labels[:, None]).any(axis=1).mean() * 100.0),
+        "n": int(len(labels)),
+        "predictions": top5[:, 0],
+    }
+
+
+def operator_counts(model: Union[str, Path, bytes], optimized: bool = False, work_dir: Optional[str] = None) -> dict:
+    """``{op_type: count}`` of the graph as written, or (``optimized=True``) after onnxruntime's
+    graph optimisations: there QDQ groups it can run with integer kernels appear as
+    QLinearConv, QGemm, ConvInteger, ..."""
+    onnx = require_onnx()
+    if optimized:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            out = Path(tmp) / "optimized.onnx"
+            onnx_session(model, threads=1, optimized_path=str(out))
+            proto = onnx.load(str(out))
+    else:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
+
+
+def latency_ms(model: Union[str, Path, bytes], example: torch.Tensor, threads: int = 1, warmup: int = 5,
+               repeats: int = 30) -> dict:
+    """Per-batch latency of onnxruntime on ``example`` in milliseconds: median and minimum of
+    ``repeats`` runs after ``warmup``, and per image."""
+    session = onnx_session(model, threads)
+    x = example.detach().float().cpu().numpy()
+    for _ in range(warmup):
+        session.run(None, {INPUT_NAME: x})
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, {INPUT_NAME: x})
+        times.append((time.perf_counter() - t0) * 1e3)
+    median = float(np.median(times))
+    return {"median_ms": median, "min_ms": float(np.min(times)), "per_image_ms": median / len(x),
+            "batch": int(len(x)), "threads": threads}
+
+
+def _integer_types(proto) -> dict:
+    """``{"<quantizer>.int" tensor: ONNX element type}`` of a QDQ graph written by genie."""
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    types = {}
+    for n in proto.graph.node:
+        if n.op_type == "QuantizeLinear":
+            types[n.output[0]] = inits[n.input[2]]
+        elif n.op_type == "Clip" and n.input[0] in types:
+            types[n.output[0]] = types[n.input[0]]
+    return {k: v for k, v in types.items() if k.endswith(".int")}
+
+
+def onnx_activation_integers(model: Union[str, Path, bytes], images: torch.Tensor, upstream: Optional[dict] = None) -> dict:
+    """``{quantizer name: integer array}``: every activation quantizer's integer tensor
+    (``"<name>.int"`` in the graph) computed by onnxruntime on ``images``.
+
+    ``upstream``: ``{quantizer name: integer array}`` to feed in place of onnxruntime's own
+    integers, so that each quantizer's integers are computed from the same quantized inputs as
+    genie's (a per-tensor check that does not accumulate earlier rounding differences).
+    """
+    onnx = require_onnx()
+    from onnx import TensorProto
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    types = _integer_types(proto)
+    outputs = list(types)
+    feeds = {INPUT_NAME: images.detach().float().cpu().numpy()}
+    if upstream is not None:
+        # each "<name>.int" becomes an input fed with genie's integers; the node that computed it
+        # writes "<name>.int.onnx" instead, which is read back
+        renamed = {name: f"{name}.onnx" for name in types}
+        for n in proto.graph.node:
+            for i, o in enumerate(n.output):
+                if o in renamed:
+                    n.output[i] = renamed[o]
+        numpy_type = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8}
+        for name, elem in types.items():
+            if elem not in numpy_type:
+                raise GenieError("the per-tensor parity check handles int8/uint8 containers (int_form='qcdq')")
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
+            feeds[name] = upstream[name[: -len(".int")]].astype(numpy_type[elem])
+        outputs = [renamed[name] for name in types]
+    for name in outputs:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, types.get(name[:-5])), None))
+    session = onnx_session(proto.SerializeToString())
+    values = session.run(outputs, feeds)
+    return {name[: name.index(".int")]: np.asarray(v).astype(np.int64) for name, v in zip(outputs, values)}
+
+
+def genie_activation_integers(qmodel, images: torch.Tensor) -> dict:
+    """``{quantizer name: integer array}``: what genie's fake-quant model rounds each enabled
+    activation to (``clamp(round(x / s), qmin, qmax)``) on ``images``."""
+    found, hooks = {}, []
+
+    def capture(name, q):
+        def hook(module, args):
+            qmin, qmax = q.qrange
+            found[name] = torch.round(args[0] / q.scale).clamp(qmin, qmax).to(torch.int64).cpu().numpy()
+
+        return hook
+
+    for name, q in qmodel.act_quantizers():
+        if q.enabled and q.initialized:
+            hooks.append(q.register_forward_pre_hook(capture(name, q)))
+    device = next((t.device for t in qmodel.net.buffers()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            qmodel.eval()(images.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def integer_parity(qmodel, model: Union[str, Path, bytes], images: torch.Tensor, per_tensor: bool = True) -> dict:
+    """``{quantizer name: (largest |difference| in steps, fraction of elements that differ)}``
+    between onnxruntime's and genie's integer activations on ``images``.
+
+    ``per_tensor=True``: each tensor is computed by onnxruntime from genie's integers of the
+    tensors before it, so a difference means the exported subgraph computes something else (a
+    1-step difference is float rounding at a tie). ``False``: onnxruntime runs the whole graph
+    alone; then a rare 1-step difference early on (float sums in another order) is amplified
+    by the low-bit layers after it, and later tensors differ by more.
+    """
+    ours = genie_activation_integers(qmodel, images)
+    theirs = onnx_activation_integers(model, images, upstream=ours if per_tensor else None)
+    missing = sorted(set(ours) ^ set(theirs))
+    if missing:
+        raise GenieError(f"activation quantizers not matched between genie and the ONNX graph: {missing[:5]}")
+    return {k: (int(np.abs(ours[k] - theirs[k]).max()), float((ours[k] != theirs[k]).mean())) for k in ours}
