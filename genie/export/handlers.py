@@ -36,6 +36,7 @@ class ExportContext:
     symmetric: bool
     modules: dict = field(default_factory=dict)
     folds: dict = field(default_factory=dict)
+    quantized: bool = True  # False: a float graph of the dequantized model (a latency baseline)
 
     @staticmethod
     def shape(node) -> tuple:
@@ -77,7 +78,7 @@ def _pair(v) -> tuple:
 
 
 def _act_quantizer(ctx, node, q: ActQuantizer, x, name=None):
-    if not q.enabled:
+    if not q.enabled or not ctx.quantized:
         return x  # the image input, which genie leaves in floating point
     return quantize_activation(ctx.graph, x, float(q.scale.detach().cpu()), q.bits, q.signed, ctx.form,
                                name or node.target)
@@ -120,13 +121,21 @@ def _quant_layer(ctx, node, layer: QuantLayer, x):
     if layer.input_quant is not None:
         x = _act_quantizer(ctx, node, layer.input_quant, x, f"{name}.input_quant")
     fold = ctx.folds.get(name)
-    w, w_scale = dequantized_weight(g, layer.weight_quant, ctx.form, ctx.symmetric, name,
-                                    None if fold is None else fold[0])
     bias = None if layer.bias is None else layer.bias.detach().cpu().numpy().astype(np.float32)
     if fold is not None:
         factor, shift = fold
         bias = ((np.zeros_like(factor) if bias is None else bias) * factor + shift).astype(np.float32)
-    b = _bias(ctx, name, bias, quant, w_scale) if bias is not None else None
+    if ctx.quantized:
+        w, w_scale = dequantized_weight(g, layer.weight_quant, ctx.form, ctx.symmetric, name,
+                                        None if fold is None else fold[0])
+        b = _bias(ctx, name, bias, quant, w_scale) if bias is not None else None
+    else:
+        wq = layer.weight_quant
+        weight = ((wq.w_int.float() - wq.zero_point) * wq.scale).detach().cpu().numpy()
+        if fold is not None:
+            weight = weight * fold[0].reshape((-1,) + (1,) * (weight.ndim - 1))
+        w = g.constant(weight.astype(np.float32), f"{name}.weight")
+        b = g.constant(bias, f"{name}.bias") if bias is not None else None
     if layer.kind == "conv":
         return _conv(ctx, layer, x, w, b, name)
     if len(ctx.shape(node.args[0])) == 2:

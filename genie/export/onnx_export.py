@@ -202,8 +202,11 @@ def check_output_path(path: Union[str, Path]) -> Path:
     return path
 
 
-def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dynamic_batch: bool = True):
-    """The ONNX ``ModelProto`` of ``qmodel`` (see :func:`export_onnx`), not written anywhere."""
+def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dynamic_batch: bool = True,
+               quantized: bool = True):
+    """The ONNX ``ModelProto`` of ``qmodel`` (see :func:`export_onnx`), not written anywhere.
+    ``quantized=False``: the same graph in floating point, weights dequantized and no
+    activation quantizers (a baseline for latency and size, not a deployable model)."""
     from .. import __version__
 
     onnx = require_onnx()
@@ -218,7 +221,8 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
         qmodel.train(was_training)
     folds, aliases = _bn_folds(gm)
     graph = OnnxGraph(form.opset)
-    ctx = ExportContext(graph, form, bool(getattr(qmodel.config, "weight_symmetric", False)), dict(gm.named_modules()), folds)
+    ctx = ExportContext(graph, form, bool(getattr(qmodel.config, "weight_symmetric", False)), dict(gm.named_modules()), folds,
+                        quantized)
     outputs = _translate(gm, ctx, aliases)
     if not all(isinstance(name, str) for name, _ in outputs):
         raise GenieError("ONNX export handles models whose outputs are tensors")
@@ -235,7 +239,7 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
         "setting": cfg.setting,
         "quantizer": cfg.quantizer,
         "weight_symmetric": ctx.symmetric,
-        "int_form": form.name,
+        "int_form": form.name if quantized else "float",
     }
     model = graph.model(
         INPUT_NAME, [batch] + list(x.shape[1:]), out_names,
@@ -266,6 +270,7 @@ def export_onnx(
     int_form: str = "qcdq",
     dynamic_batch: bool = True,
     verify: bool = True,
+    quantized: bool = True,
 ) -> ExportReport:
     """Write ``qmodel`` as an ONNX QDQ model to ``path``; returns an :class:`ExportReport`.
 
@@ -274,10 +279,11 @@ def export_onnx(
     or ``"int4"`` (opset 21, native INT4/UINT4 for 4-bit tensors, 4-8 bits); see
     :mod:`genie.export.qdq`. dynamic_batch: the batch dimension is symbolic (``"N"``).
     verify: when onnxruntime is installed, run the file on ``example`` and report the largest
-    difference from genie's output (``report.max_abs_diff``).
+    difference from genie's output (``report.max_abs_diff``). quantized: ``False`` writes the
+    float baseline of :func:`build_onnx` instead.
     """
     path = check_output_path(path)
-    model = build_onnx(qmodel, example, int_form, dynamic_batch)
+    model = build_onnx(qmodel, example, int_form, dynamic_batch, quantized)
     data = model.SerializeToString(deterministic=True)
     try:
         _write_atomically(path, data)
@@ -285,7 +291,7 @@ def export_onnx(
         raise GenieError(f"could not write the ONNX model to {path}: {exc.strerror or exc}") from None
     report = ExportReport(path, model.opset_import[0].version, int_form, len(data),
                           dict(sorted(Counter(n.op_type for n in model.graph.node).items())))
-    if verify and torch.is_tensor(example):
+    if verify and quantized and torch.is_tensor(example):
         report.max_abs_diff = _verify(qmodel, data, example)
     return report
 
