@@ -1,5 +1,7 @@
 """Bar: few-shot W4A4 ResNet-20, 256 real images, 300 iterations per block, within 3 points of
-FP32 on cifar10_test.npz; run through the command line, result.json and qmodel.pt checked."""
+FP32 on cifar10_test.npz; run through the command line, result.json and qmodel.pt checked; with
+the export extra installed, the run also writes model.onnx, which onnxruntime scores like genie."""
+import importlib.util
 import json
 
 import pytest
@@ -7,6 +9,7 @@ import pytest
 from genie.cli import main
 
 pytestmark = pytest.mark.long
+HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 REQUIRED = [
     "model", "w_bits", "a_bits", "data", "samples", "recon_iters", "quantizer", "seed", "device",
@@ -20,6 +23,8 @@ def fewshot_run(tmp_path_factory):
     argv = ["run", "--model", "resnet20_cifar10", "--w-bits", "4", "--a-bits", "4", "--data", "real",
             "--samples", "256", "--recon-iters", "300", "--quantizer", "genie", "--seed", "0",
             "--device", "cpu", "--out", str(out), "--no-progress"]
+    if HAVE_ONNX:
+        argv.append("--export-onnx")
     assert main(argv) == 0
     return out, json.loads((out / "result.json").read_text())
 
@@ -43,3 +48,22 @@ def test_saved_model_reproduces_the_reported_accuracy(fewshot_run, cifar_spec):
     assert qmodel.metadata["q_top1"] == result["q_top1"]
     top1 = evaluate(qmodel, cifar10_test(cifar_spec.mean, cifar_spec.std), progress=False)["top1"]
     assert top1 == result["q_top1"]
+
+
+@pytest.mark.skipif(not HAVE_ONNX, reason="the export extra (onnx, onnxruntime) is not installed")
+def test_onnx_export_scores_like_genie_on_the_full_test_file(fewshot_run, cifar_spec):
+    from genie.data import cifar10_test
+    from genie.export.runtime import evaluate_onnx
+
+    out, result = fewshot_run
+    onnx_eval = evaluate_onnx(out / "model.onnx", cifar10_test(cifar_spec.mean, cifar_spec.std))
+    assert onnx_eval["n"] == 10000
+    # 0.05 points of 10000 images: at most 5 more or fewer images right (compared as counts)
+    assert abs(round(onnx_eval["top1"] * 100) - round(result["q_top1"] * 100)) <= 5, (onnx_eval["top1"], result["q_top1"])
+
+
+@pytest.mark.skipif(not HAVE_ONNX, reason="the export extra (onnx, onnxruntime) is not installed")
+def test_genie_export_of_the_saved_model_is_byte_identical(fewshot_run, tmp_path):
+    out, _ = fewshot_run
+    assert main(["export", str(out / "qmodel.pt"), "--out", str(tmp_path / "again.onnx")]) == 0
+    assert (tmp_path / "again.onnx").read_bytes() == (out / "model.onnx").read_bytes()

@@ -34,6 +34,7 @@ def onnx_session(model: Union[str, Path, bytes], threads: Optional[int] = None, 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: no notice that an optimised graph is machine-specific
     opts.graph_optimization_level = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -1,0 +1,299 @@
+"""ONNX export (genie.export): valid QDQ graphs, integer parity with genie in onnxruntime,
+integer kernels, byte-identical re-export, integer forms, symmetric weights, clear errors."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+onnx = pytest.importorskip("onnx", reason="the export extra (onnx, onnxruntime) is not installed")
+pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+
+from genie.errors import GenieError  # noqa: E402
+from genie.export import build_onnx, export_onnx, weight_footprint  # noqa: E402
+from genie.export.runtime import integer_parity, onnx_session, operator_counts, run_onnx  # noqa: E402
+from genie.quant import load_quantized, quantize_model, reconstruct, save_quantized  # noqa: E402
+from genie.quant.bias import input_quantizers  # noqa: E402
+
+
+def _quantized(model, images, w_bits, a_bits, iters=4, **kw):
+    qm = quantize_model(model, images, w_bits=w_bits, a_bits=a_bits, **kw)
+    reconstruct(qm, images, iters=iters, batch_size=16, progress=False)
+    return qm
+
+
+def _assert_per_tensor_parity(qm, path, images):
+    parity = integer_parity(qm, path, images)
+    assert parity, "no activation quantizer was compared"
+    worst = max(d for d, _ in parity.values())
+    frac = max(f for _, f in parity.values())
+    # each integer tensor, computed from the same quantized inputs, is genie's up to float ties
+    assert worst <= 1 and frac < 1e-3, {k: v for k, v in parity.items() if v[0] > 0}
+
+
+@pytest.fixture(scope="module")
+def test_images(cifar_spec):
+    from genie.data import cifar10_test
+
+    return cifar10_test(cifar_spec.mean, cifar_spec.std, source="lossless100")
+
+
+@pytest.fixture(scope="module")
+def resnet20_models(resnet20, calib64):
+    return {bits: _quantized(resnet20, calib64, *bits) for bits in ((8, 8), (4, 4), (2, 4))}
+
+
+@pytest.mark.parametrize("bits", [(8, 8), (4, 4), (2, 4)])
+def test_resnet20_exports_a_valid_qdq_graph_with_genies_integers(resnet20_models, bits, test_images, tmp_path):
+    qm = resnet20_models[bits]
+    report = export_onnx(qm, tmp_path / "m.onnx", test_images.images[:8])
+    model = onnx.load(str(report.path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = report.operators
+    enabled = [q for _, q in qm.act_quantizers() if q.enabled]
+    assert ops["QuantizeLinear"] == len(enabled)
+    # one DequantizeLinear per activation quantizer, weight, and int32 bias on a quantized input
+    assert ops["DequantizeLinear"] == len(enabled) + len(qm.layers()) + len(input_quantizers(qm.net))
+    assert "BatchNormalization" not in ops  # folded
+    assert ops.get("Clip", 0) == sum(q.bits < 8 for q in enabled)  # QCDQ: a Clip for n < 8 bits
+    # logits on 8 images: a rounding tie that goes the other way early on moves them a little
+    assert report.max_abs_diff < 0.5
+    _assert_per_tensor_parity(qm, report.path, test_images.images[:32])
+    with torch.no_grad():
+        ours = qm(test_images.images).argmax(1).numpy()
+    theirs = run_onnx(onnx_session(report.path), test_images.images).argmax(1)
+    assert (ours == theirs).mean() >= 0.99
+
+
+@pytest.mark.parametrize("bits", [(8, 8), (4, 4), (2, 4)])
+def test_top1_on_the_full_test_file_matches_genie(resnet20_models, bits, cifar_spec, tmp_path):
+    from genie.data import cifar10_test, evaluate
+    from genie.export.runtime import evaluate_onnx
+
+    qm = resnet20_models[bits]
+    test = cifar10_test(cifar_spec.mean, cifar_spec.std)
+    path = export_onnx(qm, tmp_path / "m.onnx", (1, 3, 32, 32)).path
+    ours, theirs = evaluate(qm, test, progress=False), evaluate_onnx(path, test)
+    assert theirs["n"] == ours["n"] == 10000
+    # 0.05 points of 10000 images: at most 5 more or fewer images right (compared as counts)
+    assert abs(round(theirs["top1"] * 100) - round(ours["top1"] * 100)) <= 5, (theirs["top1"], ours["top1"])
+
+
+def test_weights_are_integer_initializers_with_per_channel_scales(resnet20_models, tmp_path):
+    qm = resnet20_models[(2, 4)]
+    path = export_onnx(qm, tmp_path / "m.onnx", (1, 3, 32, 32)).path
+    inits = {t.name: t for t in onnx.load(str(path)).graph.initializer}
+    w = onnx.numpy_helper.to_array(inits["layer1.0.main.0.weight_int"])
+    zp = onnx.numpy_helper.to_array(inits["layer1.0.main.0.weight_zero_point"])
+    scale = onnx.numpy_helper.to_array(inits["layer1.0.main.0.weight_scale"])
+    layer = qm.net.get_submodule("layer1.0.main.0").weight_quant
+    assert w.dtype == np.uint8 and w.max() <= 3  # 2-bit integers in a uint8 container
+    assert np.array_equal(w, layer.w_int.numpy())
+    assert zp.shape == scale.shape == (16,)
+    assert np.array_equal(zp, layer.zero_point.reshape(-1).numpy().astype(np.uint8))
+    assert inits["layer1.0.main.0.bias_int"].data_type == onnx.TensorProto.INT32
+
+
+def test_w8a8_runs_with_integer_kernels_in_onnxruntime(resnet20_models, tmp_path):
+    path = export_onnx(resnet20_models[(8, 8)], tmp_path / "m.onnx", (1, 3, 32, 32)).path
+    optimized = operator_counts(path, optimized=True, work_dir=str(tmp_path))
+    assert optimized.get("QLinearConv", 0) + optimized.get("ConvInteger", 0) > 0, optimized
+
+
+def test_reexport_after_save_and_load_is_byte_identical(resnet20_models, tmp_path):
+    qm = resnet20_models[(4, 4)]
+    qm.arch = "resnet20_cifar10"
+    first = export_onnx(qm, tmp_path / "a.onnx", (1, 3, 32, 32)).path
+    loaded = load_quantized(save_quantized(qm, tmp_path / "q.pt"))
+    second = export_onnx(loaded, tmp_path / "b.onnx", torch.randn(4, 3, 32, 32)).path
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_reconstruction_leaves_biases_on_the_int32_grid(resnet20_models):
+    pairs = input_quantizers(resnet20_models[(4, 4)].net)
+    assert len(pairs) >= 19
+    for layer, quant in pairs:
+        ratio = layer.bias / (quant.scale.detach() * layer.weight_quant.scale.reshape(-1))
+        assert torch.allclose(ratio, ratio.round(), atol=1e-3), ratio
+
+
+def test_int4_form_uses_native_4_bit_types(resnet20_models, test_images, tmp_path):
+    qm = resnet20_models[(4, 4)]
+    report = export_onnx(qm, tmp_path / "m.onnx", test_images.images[:8], int_form="int4")
+    model = onnx.load(str(report.path))
+    onnx.checker.check_model(model, full_check=True)
+    assert report.opset == 21 and report.max_abs_diff < 0.5
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    assert inits["layer1.0.main.0.weight_int"] == onnx.TensorProto.UINT4
+    assert inits["layer1.0.main.3.zero_point"] == onnx.TensorProto.UINT4  # a 4-bit activation
+    assert inits["layer1.0.input_quant.zero_point"] == onnx.TensorProto.UINT8  # the 8-bit second-layer input
+    assert "Clip" not in report.operators
+    with torch.no_grad():
+        ours = qm(test_images.images).argmax(1).numpy()
+    assert (run_onnx(onnx_session(report.path), test_images.images).argmax(1) == ours).mean() >= 0.99
+
+
+def test_int4_form_refuses_2_bit_tensors(resnet20_models, tmp_path):
+    with pytest.raises(GenieError, match="int_form='qcdq'"):
+        export_onnx(resnet20_models[(2, 4)], tmp_path / "m.onnx", (1, 3, 32, 32), int_form="int4")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_symmetric_weights_export_signed_integers_with_zero_point_0(resnet20, calib64, tmp_path):
+    qm = _quantized(resnet20, calib64, 4, 4, weight_symmetric=True)
+    for _, layer in qm.layers():
+        assert torch.all(layer.weight_quant.zero_point == 2 ** (layer.weight_quant.bits - 1))
+    path = export_onnx(qm, tmp_path / "m.onnx", calib64[:8]).path
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    w, zp = inits["layer1.0.main.0.weight_int"], inits["layer1.0.main.0.weight_zero_point"]
+    assert w.dtype == np.int8 and w.min() >= -8 and w.max() <= 7 and not zp.any()
+    _assert_per_tensor_parity(qm, path, calib64[:16])
+    # an asymmetric model cannot be exported with zero points 0
+    asym = _quantized(resnet20, calib64, 4, 4, iters=0)
+    asym.config.weight_symmetric = True
+    with pytest.raises(GenieError, match="--weight-symmetric"):
+        build_onnx(asym, (1, 3, 32, 32))
+
+
+def test_unfolded_batchnorm_is_folded_into_the_exported_weights(resnet20, calib64, tmp_path):
+    qm = _quantized(resnet20, calib64, 4, 4, fold_bn=False)
+    report = export_onnx(qm, tmp_path / "m.onnx", calib64[:8])
+    assert "BatchNormalization" not in report.operators
+    parity = integer_parity(qm, report.path, calib64[:16])
+    # genie keeps BN in float here; the export's int32 bias rounds it: at most 1 step apart
+    assert max(d for d, _ in parity.values()) <= 1
+
+
+def _with_bn_statistics(model, size, seed=0):
+    """Random weights, BatchNorm statistics measured on random images (as a trained model has)."""
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    with torch.no_grad():
+        model(torch.randn(16, 3, size, size, generator=g))
+    return model.eval()
+
+
+class LayersOutsideBlocks(nn.Module):
+    """A user model: no residual block, a layer between blocks, view + Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.conv = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.act = nn.Hardswish()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.pool(self.act(self.bn(self.conv(self.stem(x)))))
+        return self.fc(x.reshape(x.size(0), -1))
+
+
+@pytest.mark.parametrize("name,size", [("mobilenet_v2", 32), ("resnet18", 32), ("user", 16)])
+def test_other_cnns_export_and_match(name, size, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    build = {"mobilenet_v2": lambda: torchvision.models.mobilenet_v2(), "resnet18": lambda: torchvision.models.resnet18(),
+             "user": LayersOutsideBlocks}[name]
+    model = _with_bn_statistics(build(), size)
+    images = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(1))
+    qm = _quantized(model, images, 4, 4, iters=0)
+    report = export_onnx(qm, tmp_path / "m.onnx", images)
+    onnx.checker.check_model(onnx.load(str(report.path)), full_check=True)
+    _assert_per_tensor_parity(qm, report.path, images)
+
+
+def test_weight_footprint_counts_bits():
+    model = _with_bn_statistics(LayersOutsideBlocks(), 16)
+    qm = _quantized(model, torch.randn(8, 3, 16, 16), 4, 4, iters=0, setting="all")
+    sizes = weight_footprint(qm)
+    weights = 3 * 8 * 9 + 8 * 16 * 9 + 256 * 10
+    channels = 8 + 16 + 10
+    biases = 4 * (8 + 16 + 10)  # the conv gained a bias from its folded BatchNorm
+    assert sizes["fp32"] == 4 * weights + biases
+    assert sizes["int8"] == weights + 5 * channels + biases
+    assert sizes["packed"] == sum(-(-n * 4 // 8) for n in (3 * 8 * 9, 8 * 16 * 9, 2560)) + 5 * channels + biases
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_exporting_an_fp_model_is_refused(resnet20, tmp_path):
+    with pytest.raises(GenieError, match="not quantized. Quantize it first"):
+        export_onnx(resnet20, tmp_path / "m.onnx", (1, 3, 32, 32))
+
+
+def test_exporting_before_reconstruction_is_refused(resnet20, calib64, tmp_path):
+    qm = quantize_model(resnet20, calib64, w_bits=4, a_bits=4)
+    with pytest.raises(GenieError, match="run reconstruct"):
+        export_onnx(qm, tmp_path / "m.onnx", (1, 3, 32, 32))
+
+
+class SineBlock(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)
+
+
+class WithSine(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.odd = SineBlock()
+        self.gelu = nn.GELU()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.gelu(self.odd(self.conv(x))).mean((2, 3)))
+
+
+def test_an_unhandled_operator_is_named_with_its_module(tmp_path):
+    images = torch.randn(4, 3, 8, 8)
+    qm = _quantized(WithSine(), images, 8, 8, iters=0)
+    with pytest.raises(GenieError, match=r"operator torch\.sin in module 'odd' \(SineBlock\)"):
+        export_onnx(qm, tmp_path / "m.onnx", images)
+    qm.net.odd = nn.Identity()
+    with pytest.raises(GenieError, match=r"module type torch\.nn\.modules\.activation\.GELU in module 'gelu'"):
+        export_onnx(qm, tmp_path / "m.onnx", images)
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_path_in_a_missing_folder_is_refused(resnet20_models, tmp_path):
+    with pytest.raises(GenieError, match="does not exist"):
+        export_onnx(resnet20_models[(8, 8)], tmp_path / "missing" / "m.onnx", (1, 3, 32, 32))
+    with pytest.raises(GenieError, match="it is a folder"):
+        export_onnx(resnet20_models[(8, 8)], tmp_path, (1, 3, 32, 32))
+
+
+def test_missing_onnx_package_says_what_to_install(resnet20_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(GenieError, match=r"pip install 'genie-zsq\[export\]'"):
+        export_onnx(resnet20_models[(8, 8)], tmp_path / "m.onnx", (1, 3, 32, 32))
+
+
+def test_genie_imports_without_onnx():
+    code = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None; "
+            "import genie.quant, genie.export, genie.pipeline, genie.cli; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_cli_export_errors_exit_2(tmp_path, capsys):
+    from genie.cli import main
+
+    assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "no" / "m.onnx")]) == 2
+    assert "folder" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "no quantized model" in capsys.readouterr().err
+    assert main(["run", "--export-onnx", "--device", "cpu"]) == 2
+    assert "give --out DIR" in capsys.readouterr().err
+    assert main(["run", "--export-onnx", "--onnx-int", "int4", "--w-bits", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "needs --onnx-int qcdq" in capsys.readouterr().err
