@@ -25,7 +25,8 @@ from ..errors import GenieError
 from ..quant.layers import QuantLayer
 from ..quant.qmodel import QuantizedModel
 from .graph import OnnxGraph, require_onnx
-from .handlers import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, ExportContext
+from .context import ExportContext
+from .handlers import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS
 from .qdq import int_form
 from .trace import owner_of, trace_quantized
 
