@@ -67,20 +67,6 @@ def test_resnet20_exports_a_valid_qdq_graph_with_genies_integers(resnet20_models
     assert (ours == theirs).mean() >= 0.99
 
 
-@pytest.mark.parametrize("bits", [(8, 8), (4, 4), (2, 4)])
-def test_top1_on_the_full_test_file_matches_genie(resnet20_models, bits, cifar_spec, tmp_path):
-    from genie.data import cifar10_test, evaluate
-    from genie.export.runtime import evaluate_onnx
-
-    qm = resnet20_models[bits]
-    test = cifar10_test(cifar_spec.mean, cifar_spec.std)
-    path = export_onnx(qm, tmp_path / "m.onnx", (1, 3, 32, 32)).path
-    ours, theirs = evaluate(qm, test, progress=False), evaluate_onnx(path, test)
-    assert theirs["n"] == ours["n"] == 10000
-    # 0.05 points of 10000 images: at most 5 more or fewer images right (compared as counts)
-    assert abs(round(theirs["top1"] * 100) - round(ours["top1"] * 100)) <= 5, (theirs["top1"], ours["top1"])
-
-
 def test_weights_are_integer_initializers_with_per_channel_scales(resnet20_models, tmp_path):
     qm = resnet20_models[(2, 4)]
     path = export_onnx(qm, tmp_path / "m.onnx", (1, 3, 32, 32)).path

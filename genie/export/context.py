@@ -57,3 +57,7 @@ def as_tensor(ctx: ExportContext, value, name: str) -> str:
 
 def pair(v) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+# torch padding mode -> (ONNX Pad mode, first opset that has it)
+PAD_MODES = {"reflect": ("reflect", 11), "replicate": ("edge", 11), "circular": ("wrap", 19)}

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GenieError
-from .context import Dim, as_tensor, hint, pair
-from .quant_ops import PAD_MODES
+from .context import PAD_MODES, Dim, as_tensor, hint, pair
+
 
 # --- activations and pass-through modules ---------------------------------------------------
 

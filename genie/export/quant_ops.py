@@ -9,14 +9,15 @@ from ..errors import GenieError
 from ..quant.act_quantizer import ActQuantizer
 from ..quant.bias import integer_bias
 from ..quant.layers import QuantLayer
-from .context import pair
+from .context import PAD_MODES, pair
 from .qdq import dequantized_weight, quantize_activation
 
 
-
 def act_quantizer(ctx, node, q: ActQuantizer, x, name=None):
+    """``Q -> [Clip] -> DQ`` of an enabled quantizer; a disabled one (the image input, which genie
+    leaves in floating point) and the float baseline pass ``x`` through."""
     if not q.enabled or not ctx.quantized:
-        return x  # the image input, which genie leaves in floating point
+        return x
     return quantize_activation(ctx.graph, x, float(q.scale.detach().cpu()), q.bits, q.signed, ctx.form,
                                name or node.target)
 
@@ -80,9 +81,6 @@ def quant_layer(ctx, node, layer: QuantLayer, x):
     wt = g.node("Transpose", [w], f"{name}.weight_t", perm=[1, 0])
     y = g.node("MatMul", [x, wt], f"{name}.matmul")
     return g.node("Add", [y, b], name) if b else y
-
-
-PAD_MODES = {"reflect": ("reflect", 11), "replicate": ("edge", 11), "circular": ("wrap", 19)}
 
 
 def _conv(ctx, layer: QuantLayer, x, w, b, name):
