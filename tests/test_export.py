@@ -166,7 +166,8 @@ def _with_bn_statistics(model, size, seed=0):
 
 
 class LayersOutsideBlocks(nn.Module):
-    """A user model: no residual block, a layer between blocks, view + Linear head."""
+    """A user model: no residual block, layers outside any block, a view + Linear head (the view
+    also checks that reconstruction keeps such a model out of the channels-last layout)."""
 
     def __init__(self):
         super().__init__()
@@ -179,7 +180,7 @@ class LayersOutsideBlocks(nn.Module):
 
     def forward(self, x):
         x = self.pool(self.act(self.bn(self.conv(self.stem(x)))))
-        return self.fc(x.reshape(x.size(0), -1))
+        return self.fc(x.view(x.size(0), -1))  # view: fails on channels-last tensors
 
 
 @pytest.mark.parametrize("name,size", [("mobilenet_v2", 32), ("resnet18", 32), ("user", 16)])

@@ -141,3 +141,27 @@ def test_training_loss_is_the_mean_reported_error(shape):
     g = torch.Generator().manual_seed(0)
     out, target = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     assert torch.allclose(reconstruction_loss(out, target), reconstruction_error(out, target).mean(), rtol=1e-6)
+
+
+def test_models_that_view_their_activations_reconstruct_on_cpu():
+    """reconstruct runs CPU images in channels-last layout for speed, except for models whose
+    forward cannot take it (``x.view(n, -1)`` raises on a channels-last activation)."""
+    from torch import nn
+
+    class ViewHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.conv(x)))
+            return self.fc(x.view(x.size(0), -1))
+
+    images = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    qm = quantize_model(ViewHead().eval(), images, w_bits=4, a_bits=4)
+    report = reconstruct(qm, images, iters=2, batch_size=4, progress=False)
+    assert len(report.units) == 2
+    with torch.no_grad():
+        assert qm(images).shape == (8, 3)

@@ -278,6 +278,18 @@ def _train_unit(unit, fp_in, q_in, fp_out, cfg: ReconConfig, method: str, genera
     return trainer.losses
 
 
+def _accepts_channels_last(model: nn.Module, sample: torch.Tensor) -> bool:
+    """Whether ``model`` runs on a channels-last input. A forward that calls ``x.view(n, -1)``
+    on a channels-last activation raises; such a model keeps the default layout (slower on CPUs,
+    same result)."""
+    try:
+        with torch.no_grad():
+            model(sample.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        return False
+    return True
+
+
 def reconstruct(
     qmodel: QuantizedModel,
     images: torch.Tensor,
@@ -309,7 +321,7 @@ def reconstruct(
     teacher.to(device).eval()
     qmodel.eval()
     images = images.to(device)
-    if device.type == "cpu":
+    if device.type == "cpu" and _accepts_channels_last(teacher, images[:1]):
         # oneDNN convolutions run about twice as fast in channels-last layout on CPUs
         images = images.contiguous(memory_format=torch.channels_last)
     chunk = cfg.chunk_size or (256 if device.type == "cpu" else 1024)
