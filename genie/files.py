@@ -1,6 +1,8 @@
-"""Reading the files genie writes (distilled sets, quantized models)."""
+"""Reading the files genie writes (distilled sets, quantized models), and writing files atomically."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -22,3 +24,18 @@ def load_genie_file(path: Union[str, Path], fmt: str, what: str) -> dict:
     if not isinstance(blob, dict) or blob.get("format") != fmt:
         raise GenieError(f"{path} is not a genie {what} (format {fmt!r} expected)")
     return blob
+
+
+def write_atomically(path: Union[str, Path], data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place: a failed
+    write leaves an existing file at ``path`` as it was, and no partial file behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

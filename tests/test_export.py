@@ -284,3 +284,19 @@ def test_cli_export_errors_exit_2(tmp_path, capsys):
     assert main(["run", "--export-onnx", "--onnx-int", "int4", "--w-bits", "2", "--device", "cpu",
                  "--out", str(tmp_path / "r")]) == 2
     assert "needs --onnx-int qcdq" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_the_previous_file(resnet20_models, tmp_path, monkeypatch):
+    import os
+
+    path = export_onnx(resnet20_models[(8, 8)], tmp_path / "m.onnx", (1, 3, 32, 32)).path
+    before = path.read_bytes()
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(GenieError, match="could not write the ONNX model.*No space left"):
+        export_onnx(resnet20_models[(4, 4)], path, (1, 3, 32, 32))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left behind

@@ -10,7 +10,6 @@ Two exports of the same model give byte-identical files.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.fx
 from torch import nn
 
 from ..errors import GenieError
+from ..files import write_atomically
 from ..quant.layers import QuantLayer
 from ..quant.qmodel import QuantizedModel
 from .graph import OnnxGraph, require_onnx
@@ -178,18 +178,6 @@ def _attr(gm, target: str) -> torch.Tensor:
     return obj
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def check_output_path(path: Union[str, Path]) -> Path:
     """``path`` as a Path, or a :class:`GenieError` when it cannot be written (checked before any
     work is done)."""
@@ -287,7 +275,7 @@ def export_onnx(
     model = build_onnx(qmodel, example, int_form, dynamic_batch, quantized)
     data = model.SerializeToString(deterministic=True)
     try:
-        _write_atomically(path, data)
+        write_atomically(path, data)
     except OSError as exc:
         raise GenieError(f"could not write the ONNX model to {path}: {exc.strerror or exc}") from None
     report = ExportReport(path, model.opset_import[0].version, int_form, len(data),
