@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import GenieError
 from ..files import write_atomically
+from ..quant.bn_fold import bn_factor
 from ..quant.layers import QuantLayer
 from ..quant.qmodel import QuantizedModel
 from .graph import OnnxGraph, require_onnx
@@ -103,12 +104,10 @@ def _bn_folds(gm: torch.fx.GraphModule) -> tuple:
         layer = modules.get(src.target) if isinstance(src, torch.fx.Node) and src.op == "call_module" else None
         if not isinstance(layer, QuantLayer) or layer.kind != "conv" or len(src.users) != 1 or src.target in folds:
             continue
-        std = torch.sqrt(bn.running_var.detach().cpu().double() + bn.eps)
-        gamma = bn.weight.detach().cpu().double() if bn.affine else torch.ones_like(std)
-        beta = bn.bias.detach().cpu().double() if bn.affine else torch.zeros_like(std)
-        factor = gamma / std
-        shift = beta - bn.running_mean.detach().cpu().double() * factor
-        folds[src.target] = (factor.float().numpy(), shift.float().numpy())
+        factor = bn_factor(bn).detach().cpu().float()
+        beta = bn.bias.detach().cpu().float() if bn.affine else torch.zeros_like(factor)
+        shift = beta - bn.running_mean.detach().cpu().float() * factor
+        folds[src.target] = (factor.numpy(), shift.numpy())
         aliases[node] = src
     return folds, aliases
 

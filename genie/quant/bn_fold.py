@@ -59,12 +59,18 @@ def find_conv_bn_pairs(model: nn.Module) -> list:
 
 
 @torch.no_grad()
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """Fold ``bn`` (eval statistics) into ``conv`` in place; ``conv`` gains a bias."""
+def bn_factor(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``gamma / sqrt(var + eps)`` per channel (eval statistics): what BN multiplies by."""
     std = torch.sqrt(bn.running_var + bn.eps)
     gamma = bn.weight if bn.affine else torch.ones_like(std)
-    beta = bn.bias if bn.affine else torch.zeros_like(std)
-    factor = gamma / std
+    return gamma / std
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` (eval statistics) into ``conv`` in place; ``conv`` gains a bias."""
+    factor = bn_factor(bn)
+    beta = bn.bias if bn.affine else torch.zeros_like(factor)
     conv.weight.mul_(factor.view(-1, *([1] * (conv.weight.dim() - 1))))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     new_bias = (bias - bn.running_mean) * factor + beta
