@@ -16,13 +16,18 @@ from .context import PAD_MODES, Dim, as_tensor, hint, pair
 # --- activations and pass-through modules ---------------------------------------------------
 
 
+def _input(args):
+    """The tensor a handler acts on: after the module for a module call, else the first argument."""
+    return args[1] if isinstance(args[0], nn.Module) else args[0]
+
+
 def _identity(ctx, node, *args, **kwargs):
-    return args[1] if args and isinstance(args[0], nn.Module) else args[0]
+    return _input(args)  # also F.dropout: evaluation mode
 
 
 def _unary(op, **attrs):
     def handler(ctx, node, *args, **kwargs):
-        x = args[1] if isinstance(args[0], nn.Module) else args[0]
+        x = _input(args)
         return ctx.graph.node(op, [x], hint(node), **attrs)
 
     return handler
@@ -56,18 +61,18 @@ def _elu_module(ctx, node, m, x):
 
 
 def _silu(ctx, node, *args, **kwargs):
-    x = args[1] if isinstance(args[0], nn.Module) else args[0]
+    x = _input(args)
     s = ctx.graph.node("Sigmoid", [x], f"{hint(node)}.sigmoid")
     return ctx.graph.node("Mul", [x, s], hint(node))
 
 
 def _hardsigmoid(ctx, node, *args, **kwargs):
-    x = args[1] if isinstance(args[0], nn.Module) else args[0]
+    x = _input(args)
     return ctx.graph.node("HardSigmoid", [x], hint(node), alpha=1.0 / 6.0, beta=0.5)
 
 
 def _hardswish(ctx, node, *args, **kwargs):
-    x = args[1] if isinstance(args[0], nn.Module) else args[0]
+    x = _input(args)
     if ctx.graph.opset >= 14:
         return ctx.graph.node("HardSwish", [x], hint(node))
     s = ctx.graph.node("HardSigmoid", [x], f"{hint(node)}.hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
@@ -259,10 +264,6 @@ def _cat(ctx, node, tensors, dim=0):
     return ctx.graph.node("Concat", list(tensors), hint(node), axis=int(dim) % rank)
 
 
-def _dropout_fn(ctx, node, x, *args, **kwargs):
-    return x  # evaluation mode
-
-
 FLOAT_MODULE_HANDLERS = {
     nn.Identity: _identity,
     nn.Dropout: _identity,
@@ -310,7 +311,7 @@ FLOAT_FUNCTION_HANDLERS = {
     F.avg_pool2d: _avg_pool,
     F.max_pool2d: _max_pool_fn,
     F.pad: _pad,
-    F.dropout: _dropout_fn,
+    F.dropout: _identity,
     torch.mean: _mean,
     operator.getitem: _getitem,
     getattr: _getattr,

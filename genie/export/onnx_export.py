@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -20,13 +21,14 @@ import torch
 import torch.fx
 from torch import nn
 
+from ..data import model_device
 from ..errors import GenieError
 from ..files import write_atomically
 from ..quant.bn_fold import bn_factor
 from ..quant.layers import QuantLayer
 from ..quant.qmodel import QuantizedModel
-from .graph import OnnxGraph, require_onnx
 from .context import ExportContext
+from .graph import OnnxGraph, require_onnx
 from .handlers import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS
 from .qdq import int_form
 from .trace import owner_of, trace_quantized
@@ -81,7 +83,7 @@ def _check_exportable(qmodel, form) -> None:
 
 
 def _example(example, qmodel) -> torch.Tensor:
-    device = next((t.device for t in qmodel.net.buffers()), torch.device("cpu"))
+    device = model_device(qmodel)
     if torch.is_tensor(example):
         if example.dim() != 4 or not example.is_floating_point():
             raise GenieError(f"example must be a float tensor (N, C, H, W), got shape {tuple(example.shape)}")
@@ -166,15 +168,8 @@ def _translate(gm: torch.fx.GraphModule, ctx: ExportContext, aliases: dict) -> l
                 raise _unsupported(node)
             env[node] = handler(ctx, node, *args, **kwargs)
         else:  # get_attr: a tensor held by the model outside any layer
-            env[node] = ctx.graph.constant(_attr(gm, node.target).detach().cpu().numpy(), node.target)
+            env[node] = ctx.graph.constant(attrgetter(node.target)(gm).detach().cpu().numpy(), node.target)
     return outputs
-
-
-def _attr(gm, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def check_output_path(path: Union[str, Path]) -> Path:
@@ -209,7 +204,7 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
         qmodel.train(was_training)
     folds, aliases = _bn_folds(gm)
     graph = OnnxGraph(form.opset)
-    ctx = ExportContext(graph, form, bool(getattr(qmodel.config, "weight_symmetric", False)), dict(gm.named_modules()), folds,
+    ctx = ExportContext(graph, form, qmodel.config.weight_symmetric, dict(gm.named_modules()), folds,
                         quantized)
     outputs = _translate(gm, ctx, aliases)
     if not all(isinstance(name, str) for name, _ in outputs):
@@ -295,7 +290,6 @@ def _verify(qmodel: QuantizedModel, data: bytes, example: torch.Tensor) -> Optio
 
     x = example[:8].detach().float().cpu()
     with torch.no_grad():
-        device = next((t.device for t in qmodel.net.buffers()), torch.device("cpu"))
-        ours = qmodel(x.to(device)).float().cpu().numpy()
+        ours = qmodel(x.to(model_device(qmodel))).float().cpu().numpy()
     theirs = onnx_session(data).run(None, {INPUT_NAME: x.numpy()})[0]
     return float(np.abs(theirs - ours).max())

@@ -10,9 +10,10 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..data import model_device
 from ..errors import GenieError
-from .onnx_export import INPUT_NAME
 from .graph import require_onnx
+from .onnx_export import INPUT_NAME
 
 
 def require_onnxruntime():
@@ -73,16 +74,15 @@ def operator_counts(model: Union[str, Path, bytes], optimized: bool = False, wor
     """``{op_type: count}`` of the graph as written, or (``optimized=True``) after onnxruntime's
     graph optimisations: there QDQ groups it can run with integer kernels appear as
     QLinearConv, QGemm, ConvInteger, ..."""
-    onnx = require_onnx()
     if optimized:
         import tempfile
 
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
             out = Path(tmp) / "optimized.onnx"
             onnx_session(model, threads=1, optimized_path=str(out))
-            proto = onnx.load(str(out))
+            proto = _load_proto(out)
     else:
-        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+        proto = _load_proto(model)
     return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
 
 
@@ -102,6 +102,12 @@ def latency_ms(model: Union[str, Path, bytes], example: torch.Tensor, threads: i
     median = float(np.median(times))
     return {"median_ms": median, "min_ms": float(np.min(times)), "per_image_ms": median / len(x),
             "batch": int(len(x)), "threads": threads}
+
+
+def _load_proto(model: Union[str, Path, bytes]):
+    """The ``ModelProto`` of a file or of serialized bytes."""
+    onnx = require_onnx()
+    return onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
 
 
 def _integer_types(proto) -> dict:
@@ -127,9 +133,9 @@ def onnx_activation_integers(model: Union[str, Path, bytes], images: torch.Tenso
     onnx = require_onnx()
     from onnx import TensorProto
 
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    proto = _load_proto(model)
     types = _integer_types(proto)
-    outputs = list(types)
+    outputs = dict(types)  # {tensor read back: element type}
     feeds = {INPUT_NAME: images.detach().float().cpu().numpy()}
     if upstream is not None:
         # each "<name>.int" becomes an input fed with genie's integers; the node that computed it
@@ -145,11 +151,11 @@ def onnx_activation_integers(model: Union[str, Path, bytes], images: torch.Tenso
                 raise GenieError("the per-tensor parity check handles int8/uint8 containers (int_form='qcdq')")
             proto.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
             feeds[name] = upstream[name[: -len(".int")]].astype(numpy_type[elem])
-        outputs = [renamed[name] for name in types]
-    for name in outputs:
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, types.get(name[:-5])), None))
+        outputs = {renamed[name]: elem for name, elem in types.items()}
+    for name, elem in outputs.items():
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
     session = onnx_session(proto.SerializeToString())
-    values = session.run(outputs, feeds)
+    values = session.run(list(outputs), feeds)
     return {name[: name.index(".int")]: np.asarray(v).astype(np.int64) for name, v in zip(outputs, values)}
 
 
@@ -168,10 +174,9 @@ def genie_activation_integers(qmodel, images: torch.Tensor) -> dict:
     for name, q in qmodel.act_quantizers():
         if q.enabled and q.initialized:
             hooks.append(q.register_forward_pre_hook(capture(name, q)))
-    device = next((t.device for t in qmodel.net.buffers()), torch.device("cpu"))
     try:
         with torch.no_grad():
-            qmodel.eval()(images.to(device))
+            qmodel.eval()(images.to(model_device(qmodel)))
     finally:
         for h in hooks:
             h.remove()
