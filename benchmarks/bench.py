@@ -16,7 +16,6 @@ that graph replay gives the same result as eager execution and says so in the ou
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ if not os.environ.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is
     os.environ["GENIE_ASSETS"] = str(ROOT.parent / "shared" / "assets")
 
 from genie.distill import distill  # noqa: E402
+from genie.files import write_atomically, write_json  # noqa: E402
 from genie.models import load_model, model_spec  # noqa: E402
 from genie.pipeline import RunConfig, device_name, run  # noqa: E402
 from genie.quant import quantize_model, reconstruct  # noqa: E402
@@ -179,10 +179,10 @@ def main(argv=None) -> int:
         bench_pipeline(args, rows, "ablation (Table 2)", [(m, d, s, q, 2) for m, d, s, q in ABLATION])
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     name = f"{args.what}{'-quick' if args.quick else ''}"
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_json(out / f"{name}.json", {"meta": meta, "rows": rows}, "the benchmark table")
     md = f"## {name} on {meta['device']} (torch {meta['torch']}, cuda_graph={args.cuda_graph})\n\n"
     md += f"Command: `{meta['command']}`; {meta['seconds']} s in all.\n\n" + to_markdown(rows)
-    (out / f"{name}.md").write_text(md)
+    write_atomically(out / f"{name}.md", md.encode(), "the benchmark table")
     print(md)
     return 0
 

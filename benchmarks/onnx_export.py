@@ -30,6 +30,7 @@ if not os.environ.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is
 from genie.data import cifar10_calibration, cifar10_test  # noqa: E402
 from genie.export import export_onnx  # noqa: E402
 from genie.export.runtime import evaluate_onnx, integer_parity, latency_ms, operator_counts  # noqa: E402
+from genie.files import write_atomically  # noqa: E402
 from genie.models import load_model, model_spec  # noqa: E402
 from genie.pipeline import RunConfig, run  # noqa: E402
 from genie.quant import quantize_model, reconstruct  # noqa: E402
@@ -141,8 +142,8 @@ def main(argv=None) -> int:
     header = f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, commit-independent settings: " \
              f"{args.samples} images, {args.iters} iterations, seed {args.seed}\n\n"
     text = header + "\n".join(_markdown(k, v) for k, v in tables.items())
-    (out / f"{args.what}.md").write_text(text)
-    (out / f"{args.what}.json").write_text(json.dumps(tables, indent=2, default=str))
+    write_atomically(out / f"{args.what}.md", text.encode(), "the benchmark table")
+    write_atomically(out / f"{args.what}.json", json.dumps(tables, indent=2, default=str).encode(), "the benchmark table")
     print(text)
     return 0
 

@@ -50,6 +50,11 @@ def asset_dir() -> Optional[Path]:
     return Path(value).expanduser() if value else None
 
 
+def offline() -> bool:
+    """Whether downloads are off (``GENIE_OFFLINE`` set to anything but empty or 0)."""
+    return os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+
+
 def cache_dir() -> Path:
     """Where downloads are stored: ``$GENIE_CACHE`` or ``~/.cache/genie``."""
     value = os.environ.get(CACHE_ENV, "").strip()
@@ -118,7 +123,7 @@ def fetch(remote: RemoteFile) -> Path:
     )
     if remote.url is None:
         raise AssetError(f"{remote.relpath} not found ({where}) and it has no download URL: {hint}.")
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+    if offline():
         raise AssetError(
             f"{remote.relpath} not found ({where}) and downloads are off ({OFFLINE_ENV}=1): "
             f"{hint}, or download it from {remote.url}."

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import exit_status
+from .errors import GenieError, exit_status
 from .sweep import add_sweep_parser, run_sweep
 
 
@@ -13,7 +13,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a-bits", type=int, default=4, help="activation bits, 2-8 (default 4)")
     p.add_argument("--data", default="real", choices=["real", "synthetic"],
                    help="calibration data: real images (few-shot) or distilled by GENIE-D (zero-shot)")
-    p.add_argument("--samples", type=int, default=1024, help="number of calibration images (default 1024)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="number of calibration images (default 1024; with --calib-file: all of its images)")
     _add_distill_arguments(p)
     p.add_argument("--calib-file", default=None,
                    help="with --data synthetic: use a distilled set saved by 'python -m genie distill'")
@@ -86,13 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# integer options and their smallest allowed value, checked before anything runs
+_INT_MINIMUM = {"samples": 1, "distill_iters": 1, "distill_batch": 1, "concurrent_batches": 1, "batch_size": 1,
+                "recon_iters": 0, "image_size": 1}
+
+
+def _check_int_options(args: argparse.Namespace) -> None:
+    for name, low in _INT_MINIMUM.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            option = "--" + name.replace("_", "-")
+            kind = "positive (an integer >= 1)" if low == 1 else f"an integer >= {low}"
+            raise GenieError(f"{option} must be {kind}, got {value}")
+
+
 def _run(args: argparse.Namespace) -> int:
     from .pipeline import RunConfig, run
 
     fields = RunConfig.__dataclass_fields__
     cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    result = run(cfg)
-    print(result.table())
+    # the accuracies are printed before any file is written: a failed write cannot hide them
+    run(cfg, report=lambda result: print(result.table(), flush=True))
     if cfg.out:
         onnx_file = f" and {cfg.out}/model.onnx" if cfg.export_onnx else ""
         print(f"\nwrote {cfg.out}/result.json, {cfg.out}/qmodel.pt{onnx_file}")
@@ -100,7 +115,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .errors import GenieError
     from .export import check_output_path, export_onnx
     from .export.graph import require_onnx
     from .models import load_model, model_spec
@@ -137,11 +151,15 @@ def _models(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from .distill import DistillConfig, distill
+    from .files import check_output_file, check_output_folder
     from .distill.distributed import distill_sharded, init_process_group, launched_by_torchrun
     from .models import load_model, model_spec
     from .pipeline import RunConfig
 
     spec = model_spec(args.model)
+    check_output_file(args.out, "the distilled set", "--out ")
+    if args.checkpoint_dir:
+        check_output_folder(args.checkpoint_dir, "distillation checkpoints", "--checkpoint-dir ")
     cfg = DistillConfig(num_images=args.samples, distiller=args.distiller, swing=args.swing,
                         iters=args.distill_iters, batch_size=args.distill_batch, seed=args.seed,
                         concurrent_batches=args.concurrent_batches).validate()
@@ -168,14 +186,20 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _save_distilled(distilled, args: argparse.Namespace, device) -> None:
-    distilled.save(args.out)
     meta = distilled.metadata
     print(f"distilled {len(distilled)} images from {args.model} with {meta['distiller']} "
           f"(swing {meta['swing']}, {meta['iters']} iterations) in {meta['seconds']:.1f} s on {device}; "
-          f"BNS loss {float(distilled.losses[0].mean()):.4g} -> {distilled.final_loss:.4g}; wrote {args.out}")
+          f"BNS loss {float(distilled.losses[0].mean()):.4g} -> {distilled.final_loss:.4g}", flush=True)
+    distilled.save(args.out)
+    print(f"wrote {args.out}")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = {"run": _run, "models": _models, "distill": _distill, "export": _export, "sweep": run_sweep}[args.command]
-    return exit_status("genie", lambda: command(args))
+
+    def checked() -> int:
+        _check_int_options(args)
+        return command(args)
+
+    return exit_status("genie", checked)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .assets import RemoteFile, asset_dir, cache_dir, fetch
+from .assets import OFFLINE_ENV, RemoteFile, asset_dir, cache_dir, fetch, offline
 from .errors import AssetError, GenieError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -87,12 +87,14 @@ def _torchvision_cifar10(train: bool, root: Optional[str], download: bool) -> tu
     import torchvision
 
     root = root or str(cache_dir() / "cifar10")
+    no_downloads = offline()
     try:
-        dataset = torchvision.datasets.CIFAR10(root, train=train, download=download)
+        dataset = torchvision.datasets.CIFAR10(root, train=train, download=download and not no_downloads)
     except Exception as exc:
+        why = f"downloads are off ({OFFLINE_ENV}=1)" if no_downloads and download else f"it failed ({exc})"
         raise AssetError(
-            f"CIFAR-10 not available: no offline file under $GENIE_ASSETS/data and torchvision's "
-            f"CIFAR10 at {root} failed ({exc}). Set GENIE_ASSETS to the asset directory or pass "
+            f"CIFAR-10 not available: no offline file under $GENIE_ASSETS/data and no torchvision "
+            f"CIFAR10 copy at {root}; {why}. Set GENIE_ASSETS to the asset directory or pass "
             "root= to an existing torchvision CIFAR-10 copy."
         ) from None
     split = "train" if train else "test"
@@ -219,6 +221,9 @@ def evaluate(
         data = (data.images, data.labels)
     if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
         images, labels = data
+        if not torch.is_tensor(labels) or labels.dim() != 1 or len(labels) != len(images):
+            shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+            raise GenieError(f"evaluate() needs one label per image: {len(images)} images, labels of shape {shape}")
         batches = ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size))
         total = (len(labels) + batch_size - 1) // batch_size
     elif isinstance(data, torch.utils.data.Dataset):  # e.g. an image folder: decode in worker processes
@@ -230,13 +235,19 @@ def evaluate(
         batches, total = iter(data), None
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
+    # labels outside 0..classes-1 would count as misses: counted on the device, checked at the end
+    out_of_range = torch.zeros((), dtype=torch.int64, device=device)
+    count, classes = 0, None
     for x, y in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+        if len(y) != len(x):
+            raise GenieError(f"evaluate() got a batch of {len(x)} images with {len(y)} labels")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if device.type == "cpu" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions
         logits = model(x)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        classes = logits.shape[1]
+        out_of_range += ((y < 0) | (y >= classes)).sum()
+        top = logits.topk(min(5, classes), dim=1).indices
         hit = top == y[:, None]
         correct1 += hit[:, 0].sum()
         correct5 += hit.any(dim=1).sum()
@@ -244,4 +255,7 @@ def evaluate(
     model.train(was_training)
     if count == 0:
         raise GenieError("evaluate() got no data")
+    if out_of_range.item():
+        raise GenieError(f"{out_of_range.item()} of {count} labels are outside 0..{classes - 1}, the classes the "
+                         "model outputs: the labels do not belong to this model's dataset")
     return {"top1": 100.0 * correct1.item() / count, "top5": 100.0 * correct5.item() / count, "n": count}

@@ -5,12 +5,13 @@ Used by the command line (``python -m genie run``), the benchmarks and the noteb
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -18,8 +19,15 @@ from . import __version__
 from .data import LabeledImages, cifar10_calibration, cifar10_test, evaluate, image_folder, sample_images
 from .errors import GenieError
 from .events import Callback
+from .files import check_output_folder, folder_lock, write_json
 from .models import load_model, model_spec
 from .quant import QuantConfig, ReconConfig, quantize_model, reconstruct, save_quantized
+
+
+DEFAULT_SAMPLES = 1024
+# what a run writes into its --out folder (each atomically; the folder is locked while it runs)
+RESULT_FILE, QMODEL_FILE, ONNX_FILE, DISTILLED_FILE = "result.json", "qmodel.pt", "model.onnx", "distilled.pt"
+CHECKPOINT_DIR = "distill_checkpoints"
 
 
 @dataclass
@@ -30,7 +38,7 @@ class RunConfig:
     w_bits: int = 4
     a_bits: int = 4
     data: str = "real"  # real | synthetic
-    samples: int = 1024
+    samples: Optional[int] = None  # None: 1024, or every image of calib_file
     recon_iters: int = 20000
     quantizer: str = "genie"  # genie | adaround | nearest
     seed: int = 0
@@ -56,11 +64,16 @@ class RunConfig:
     export_onnx: bool = False  # also write out/model.onnx (QDQ; genie.export)
     onnx_int: str = "qcdq"  # integer form of the ONNX file: qcdq | int4
 
+    @property
+    def num_samples(self) -> int:
+        """The calibration images asked for: ``samples``, 1024 when unset."""
+        return DEFAULT_SAMPLES if self.samples is None else self.samples
+
     def distill_config(self):
         from .distill import DistillConfig
 
         return DistillConfig(
-            num_images=self.samples,
+            num_images=self.num_samples,
             distiller=self.distiller,
             swing=self.swing,
             iters=self.distill_iters,
@@ -97,13 +110,13 @@ def test_data(spec, cfg: RunConfig) -> LabeledImages:
 
 
 def real_calibration(spec, cfg: RunConfig) -> LabeledImages:
-    """``cfg.samples`` real calibration images (few-shot)."""
+    """``cfg.num_samples`` real calibration images (few-shot)."""
     if spec.dataset == "cifar10":
-        return cifar10_calibration(cfg.samples, spec.mean, spec.std, seed=cfg.seed)
+        return cifar10_calibration(cfg.num_samples, spec.mean, spec.std, seed=cfg.seed)
     if cfg.data_dir is None:
         raise GenieError(f"{spec.name} is an ImageNet model: pass --data-dir, a folder with train/ and val/ subfolders")
     folder = image_folder(Path(cfg.data_dir) / "train", spec.image_size, mean=spec.mean, std=spec.std)
-    return sample_images(folder, cfg.samples, seed=cfg.seed)
+    return sample_images(folder, cfg.num_samples, seed=cfg.seed)
 
 
 @dataclass
@@ -153,22 +166,63 @@ def _distill_info(distilled) -> dict:
     }
 
 
-def calibration_images(spec, model, cfg: RunConfig, device, callback: Callback) -> tuple:
+def load_calibration_file(cfg: RunConfig, spec):
+    """The distilled set of ``cfg.calib_file`` (``--data synthetic``), checked against the run
+    before any model is loaded: its model name and image size, and ``--samples``."""
+    from .distill import load_distilled
+
+    option = f"--calib-file {cfg.calib_file}"
+    if cfg.data != "synthetic":
+        raise GenieError(f"{option} is a distilled set, used only with --data synthetic: add --data synthetic, "
+                         "or drop --calib-file to calibrate on real images")
+    distilled = load_distilled(cfg.calib_file)
+    source = distilled.metadata.get("model")
+    if source not in (None, cfg.model):
+        raise GenieError(f"{option} was distilled from {source}, not {cfg.model}: distil a set from {cfg.model} "
+                         f"(python -m genie distill --model {cfg.model}) or pass --model {source}")
+    size = tuple(distilled.images.shape[1:])
+    if size[1:] != (spec.image_size, spec.image_size):
+        raise GenieError(f"{option} holds images of shape {size}, but {cfg.model} takes "
+                         f"{spec.image_size}x{spec.image_size} pixels: distil a set from {cfg.model}")
+    if cfg.samples is not None and cfg.samples > len(distilled):
+        raise GenieError(f"{option} holds {len(distilled)} images, fewer than --samples {cfg.samples}: "
+                         f"pass --samples {len(distilled)} or less, or drop --samples to use them all")
+    return distilled
+
+
+def _check_calibration_model(cfg: RunConfig, distilled, model) -> None:
+    """A set saved through the API names no zoo model: its fingerprint (BN statistics) says
+    whether it was distilled from this one."""
+    from .distill import model_fingerprint
+
+    if distilled.metadata.get("model") is not None:
+        return
+    stored = distilled.metadata.get("model_fingerprint")
+    if stored is None:
+        warnings.warn(f"--calib-file {cfg.calib_file} does not say which model it was distilled from; "
+                      f"using it for {cfg.model} unchecked", stacklevel=3)
+    elif stored != model_fingerprint(model):
+        raise GenieError(f"--calib-file {cfg.calib_file} was distilled from another model than {cfg.model} "
+                         f"(its BatchNorm statistics differ): distil a set from {cfg.model}")
+
+
+def calibration_images(spec, model, cfg: RunConfig, device, callback: Callback, distilled=None) -> tuple:
     """``(images, source description, distillation info)`` for the run's ``data`` setting:
-    real images (few-shot), a distilled set from ``calib_file``, or a fresh GENIE-D run."""
+    real images (few-shot), a distilled set (``distilled``, from :func:`load_calibration_file`),
+    or a fresh GENIE-D run."""
     if cfg.data == "real":
         calib = real_calibration(spec, cfg)
         return calib.images, calib.source, {}
     if cfg.data != "synthetic":
         raise GenieError(f"unknown --data {cfg.data!r}: use real or synthetic")
-    from .distill import distill, load_distilled
+    from .distill import distill
 
-    if cfg.calib_file:
-        distilled = load_distilled(cfg.calib_file)
-        if distilled.metadata.get("model") not in (None, cfg.model):
-            raise GenieError(f"{cfg.calib_file} was distilled from {distilled.metadata['model']}, not {cfg.model}")
-        return distilled.images, f"distilled set {cfg.calib_file}", _distill_info(distilled)
-    checkpoints = str(Path(cfg.out) / "distill_checkpoints") if cfg.out else None
+    if distilled is not None:
+        _check_calibration_model(cfg, distilled, model)
+        n = cfg.samples or len(distilled)
+        part = f"first {n} of {len(distilled)}" if n < len(distilled) else f"{n}"
+        return distilled.images[:n], f"distilled set {cfg.calib_file} ({part} images)", _distill_info(distilled)
+    checkpoints = str(Path(cfg.out) / CHECKPOINT_DIR) if cfg.out else None
     distilled = distill(
         model,
         spec.image_size,
@@ -182,18 +236,14 @@ def calibration_images(spec, model, cfg: RunConfig, device, callback: Callback) 
         snapshot_at=cfg.snapshot_at,
     )
     if cfg.out:
-        distilled.save(Path(cfg.out) / "distilled.pt")
+        distilled.save(Path(cfg.out) / DISTILLED_FILE)
     return distilled.images, f"GENIE-D {cfg.distiller} ({len(distilled)} images, seed {cfg.seed})", _distill_info(distilled)
 
 
-def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
-    """Run the whole job described by ``cfg``; writes ``result.json`` and ``qmodel.pt`` into
-    ``cfg.out`` when it is set."""
-    t_start = time.perf_counter()
-    device = cfg.resolved_device()
-    spec = model_spec(cfg.model)
-    # check every setting before any slow step
-    if cfg.samples <= 0:
+def check_config(cfg: RunConfig, spec) -> ReconConfig:
+    """Every setting and the output folder checked before any slow step; returns the
+    reconstruction settings."""
+    if cfg.samples is not None and cfg.samples <= 0:
         raise GenieError(f"--samples must be positive, got {cfg.samples}")
     QuantConfig(cfg.w_bits, cfg.a_bits, cfg.quantizer, cfg.setting, cfg.fold_bn,
                 weight_symmetric=cfg.weight_symmetric).validate()
@@ -205,9 +255,43 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         cfg.distill_config().validate()
     if spec.dataset != "cifar10" and cfg.data_dir is None:
         raise GenieError(f"{spec.name} is an ImageNet model: pass --data-dir, a folder with train/ and val/ subfolders")
+    if cfg.out:
+        check_output_folder(cfg.out, "the run's results", "--out ",
+                            files=(RESULT_FILE, QMODEL_FILE, ONNX_FILE, DISTILLED_FILE))
+        if (Path(cfg.out) / CHECKPOINT_DIR).is_file():
+            raise GenieError(f"--out {cfg.out}: {Path(cfg.out) / CHECKPOINT_DIR} is a file, where genie keeps "
+                             "distillation checkpoints; move it away")
+    return recon_cfg
+
+
+def run(cfg: RunConfig, callback: Callback = None, report: Optional[Callable[["RunResult"], None]] = None) -> RunResult:
+    """Run the whole job described by ``cfg``; writes ``result.json`` and ``qmodel.pt`` (and
+    ``model.onnx``, ``distilled.pt``) into ``cfg.out`` when it is set.
+
+    Every setting, the output folder and a ``calib_file`` are checked before the model is
+    loaded. ``report(result)`` is called once the accuracies are known and before any result
+    file is written (the command line prints the table there). While the run works, ``cfg.out``
+    is locked: a second run into the same folder stops at once with a :class:`GenieError`.
+    """
+    t_start = time.perf_counter()
+    device = cfg.resolved_device()
+    spec = model_spec(cfg.model)
+    recon_cfg = check_config(cfg, spec)
+    preloaded = load_calibration_file(cfg, spec) if cfg.calib_file else None
+    with folder_lock(cfg.out) if cfg.out else nullcontext():
+        result = _quantize_and_evaluate(cfg, spec, recon_cfg, device, callback, preloaded, t_start)
+        if report is not None:
+            report(result)
+        if cfg.out:
+            write_outputs(result, cfg, spec)
+    return result
+
+
+def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device, callback, preloaded,
+                           t_start: float) -> RunResult:
     model = load_model(cfg.model).to(device)
     test = test_data(spec, cfg)
-    images, calib_source, distill_info = calibration_images(spec, model, cfg, device, callback)
+    images, calib_source, distill_info = calibration_images(spec, model, cfg, device, callback, preloaded)
     images = images.to(device)
     fp = evaluate(model, test, progress=cfg.progress, desc="FP32 evaluate")
     t_recon = time.perf_counter()
@@ -235,7 +319,7 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         "fold_bn": cfg.fold_bn,
         "weight_symmetric": cfg.weight_symmetric,
         "data": cfg.data,
-        "samples": cfg.samples,
+        "samples": len(images),  # used, which a calibration file decides when --samples is not given
         "calib_source": calib_source,
         "recon_iters": cfg.recon_iters,
         "batch_size": cfg.batch_size,
@@ -261,19 +345,22 @@ def run(cfg: RunConfig, callback: Callback = None) -> RunResult:
         "genie_version": __version__,
     }
     values["total_seconds"] = time.perf_counter() - t_start
-    result = RunResult(values, report, qmodel)
-    if cfg.out:
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_quantized(qmodel, out / "qmodel.pt", metadata={k: v for k, v in values.items() if k != "units"})
-        (out / "result.json").write_text(result.to_json() + os.linesep)
-        if cfg.export_onnx:
-            from .export import export_onnx
+    return RunResult(values, report, qmodel)
 
-            # the example fixes only the input shape: the file equals `genie export` of qmodel.pt
-            export_onnx(qmodel, out / "model.onnx", (1, 3, spec.image_size, spec.image_size),
-                        int_form=cfg.onnx_int)
-    return result
+
+def write_outputs(result: RunResult, cfg: RunConfig, spec) -> None:
+    """``qmodel.pt``, ``result.json`` and (``export_onnx``) ``model.onnx`` into ``cfg.out``,
+    each atomically: a failed write names its file and keeps the previous one."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    values = result.values
+    save_quantized(result.qmodel, out / QMODEL_FILE, metadata={k: v for k, v in values.items() if k != "units"})
+    write_json(out / RESULT_FILE, values)
+    if cfg.export_onnx:
+        from .export import export_onnx
+
+        # the example fixes only the input shape: the file equals `genie export` of qmodel.pt
+        export_onnx(result.qmodel, out / ONNX_FILE, (1, 3, spec.image_size, spec.image_size), int_form=cfg.onnx_int)
 
 
 def _check_onnx_export(cfg: RunConfig) -> None:

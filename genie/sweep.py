@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import io
 import itertools
 import json
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .errors import GenieError, exit_status
+from .files import check_output_folder, folder_lock, write_atomically, write_json
 
 RESULT_FILE = "result.json"
 _LOWER = {"true": True, "false": False, "none": None, "null": None}
@@ -140,7 +142,13 @@ def notebook_parameters(notebook: Path) -> dict:
     """Names and default expressions of the notebook's ``parameters`` cell (as papermill sees it)."""
     import papermill as pm
 
-    return {name: info["default"] for name, info in pm.inspect_notebook(str(notebook)).items()}
+    if Path(notebook).suffix != ".ipynb":
+        raise GenieError(f"{notebook} is not a Jupyter notebook (.ipynb): give the notebook to sweep")
+    try:
+        return {name: info["default"] for name, info in pm.inspect_notebook(str(notebook)).items()}
+    except Exception as exc:  # nbformat raises its own kinds for files that are not notebooks
+        raise GenieError(f"{notebook} is not a readable Jupyter notebook ({exc.__class__.__name__}: "
+                         f"{str(exc)[:200]}); give the notebook to sweep") from None
 
 
 def check_parameters(notebook, runs: Iterable) -> None:
@@ -169,17 +177,23 @@ def sweep(notebook, runs: Iterable, out_dir, kernel: Optional[str] = None, cwd: 
     of records also written to ``OUT/results.json`` and ``OUT/results.csv``. ``env``: extra
     environment variables for the kernels (default: ``GENIE_LIVE=0``, static figures).
     ``timeout``: seconds per cell. ``log``: called with one line of text per run start and end;
-    ``on_record``: called with each finished run's record (live progress displays).
+    ``on_record``: called with each finished run's record (live progress displays). While it
+    runs, ``out_dir`` is locked: a second sweep into it stops at once.
     """
-    import papermill as pm
-
     notebook = Path(notebook)
     if not notebook.is_file():
         raise GenieError(f"no notebook at {notebook}")
     runs = list(runs)
     check_parameters(notebook, runs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(out_dir, "the sweep's runs", "--out ", files=("results.json", "results.csv"))
+    with folder_lock(out):
+        return _run_all(notebook, runs, out, kernel, cwd, fail_fast, log, env, timeout, on_record)
+
+
+def _run_all(notebook: Path, runs: list, out: Path, kernel, cwd, fail_fast: bool, log, env, timeout,
+             on_record) -> list:
+    import papermill as pm
+
     saved_env = {k: os.environ.get(k) for k in (env or {"GENIE_LIVE": "0"})}
     os.environ.update(env or {"GENIE_LIVE": "0"})
     records = []
@@ -239,17 +253,22 @@ def _flatten(record: dict) -> dict:
     return row
 
 
+def _write_records(records: list, rows: list, json_path: Path, csv_path: Path) -> None:
+    """``records`` as JSON and ``rows`` (flat dicts) as CSV, each written atomically."""
+    write_json(json_path, records, "the sweep results")
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(csv_path, text.getvalue().encode(), "the sweep results")
+
+
 def write_results(records: list, out_dir) -> tuple:
     """Write ``results.json`` and ``results.csv`` into ``out_dir``; returns their paths."""
     out = Path(out_dir)
     json_path, csv_path = out / "results.json", out / "results.csv"
-    json_path.write_text(json.dumps(records, indent=2) + "\n")
-    rows = [_flatten(r) for r in records]
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_records(records, [_flatten(r) for r in records], json_path, csv_path)
     return json_path, csv_path
 
 
@@ -267,13 +286,8 @@ def collect(root) -> list:
             records.append({"sweep": str(path.parent.relative_to(root)), **record})
     if not records:
         raise GenieError(f"no results.json below {root}: run a sweep (or make reproduce) first")
-    (root / "summary.json").write_text(json.dumps(records, indent=2) + "\n")
     rows = [{"sweep": r["sweep"], **_flatten(r)} for r in records]
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(root / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_records(records, rows, root / "summary.json", root / "summary.csv")
     return records
 
 

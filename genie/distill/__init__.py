@@ -1,7 +1,7 @@
 """GENIE-D: data distillation from BatchNorm statistics, with swing convolution."""
 from .bns import BNStatsLoss, bns_loss, input_stats_loss
 from .dataset import DistilledSet, load_distilled
-from .distiller import DISTILLERS, DistillConfig, distill
+from .distiller import DISTILLERS, DistillConfig, distill, model_fingerprint
 from .generator import StackedGenerator
 from .swing import SwingControl, SwingConv2d, apply_swing, set_swing, swing_crop
 
@@ -18,6 +18,7 @@ __all__ = [
     "distill",
     "input_stats_loss",
     "load_distilled",
+    "model_fingerprint",
     "set_swing",
     "swing_crop",
 ]

@@ -7,7 +7,7 @@ from typing import Union
 
 import torch
 
-from ..files import load_genie_file
+from ..files import load_genie_file, save_atomically
 
 FORMAT = "genie.distilled-set"
 
@@ -38,7 +38,7 @@ class DistilledSet:
     def save(self, path: Union[str, Path]) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
+        return save_atomically(
             {
                 "format": FORMAT,
                 "images": self.images.cpu(),
@@ -48,8 +48,8 @@ class DistilledSet:
                 "layer_names": list(self.layer_names),
             },
             path,
+            "the distilled set",
         )
-        return path
 
 
 def load_distilled(path: Union[str, Path]) -> DistilledSet:

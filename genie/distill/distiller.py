@@ -21,6 +21,8 @@ from torch import nn
 from ..data import model_device
 from ..errors import GenieError
 from ..events import BatchDone, Callback, DistillProgress, DistillSnapshot, emit
+from ..files import check_output_folder, load_torch_file, save_atomically
+from ..finite import require_finite_losses, require_finite_model
 from ..graphs import run_steps
 from ..optim import DeviceAdam, DevicePlateau
 from ..seeding import cpu_generator, derive_seed
@@ -71,6 +73,9 @@ class DistillConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise GenieError(f"{name} must be a positive integer, got {value!r}")
+        batches = self.concurrent_batches
+        if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches <= 0):
+            raise GenieError(f"concurrent_batches must be a positive integer or None (automatic), got {batches!r}")
         iters = self.total_iters
         if isinstance(iters, bool) or not isinstance(iters, int) or iters <= 0:
             raise GenieError(f"distillation iterations must be a positive integer, got {iters!r}")
@@ -80,7 +85,8 @@ class DistillConfig:
         return self
 
 
-def _model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module) -> str:
+    """16 hex digits of the sha256 of ``model``'s BatchNorm statistics: which model a set was distilled from."""
     digest = hashlib.sha256()
     for name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -97,6 +103,7 @@ class _Checkpoints:
         self.dir = Path(directory) if directory else None
         self.fingerprint = fingerprint
         if self.dir:
+            check_output_folder(self.dir, "distillation checkpoints", "checkpoint_dir ")
             self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, batch: int) -> Path:
@@ -105,7 +112,10 @@ class _Checkpoints:
     def load(self, batch: int) -> Optional[dict]:
         if self.dir is None or not self.path(batch).is_file():
             return None
-        blob = torch.load(self.path(batch), map_location="cpu", weights_only=True)
+        blob = load_torch_file(self.path(batch), "distillation checkpoint")
+        if not isinstance(blob, dict) or "fingerprint" not in blob:
+            raise GenieError(f"{self.path(batch)} is not a genie distillation checkpoint: delete it (the batch "
+                             "is distilled again) or use another checkpoint directory")
         if blob.get("fingerprint") != self.fingerprint:
             raise GenieError(
                 f"{self.path(batch)} belongs to a different distillation run ({blob.get('fingerprint')}); "
@@ -116,9 +126,7 @@ class _Checkpoints:
     def save(self, batch: int, record: dict) -> None:
         if self.dir is None:
             return
-        tmp = self.path(batch).with_suffix(".part")
-        torch.save({**record, "fingerprint": self.fingerprint}, tmp)
-        tmp.replace(self.path(batch))
+        save_atomically({**record, "fingerprint": self.fingerprint}, self.path(batch), "a distillation checkpoint")
 
 
 def _chunks(batches: list, sizes: list, per_chunk: int) -> list:
@@ -197,6 +205,9 @@ def _distill_chunk(work, batch_ids, n, cfg, image_size, device, callback, bar, r
         snapshots = set(snapshot_at)
 
         def after(done: int) -> None:
+            if done % report_every == 0 or done == iters:
+                require_finite_losses(losses[last[0] : done], last[0], f"distillation of batches {list(batch_ids)}",
+                                      "check the model's BatchNorm statistics, or lower lr_latent / lr_generator")
             if done - 1 in snapshots:
                 emit(callback, DistillSnapshot(done - 1, list(batch_ids), state["images"].to("cpu", copy=True)))
             if done % report_every == 0 or done == iters:
@@ -250,6 +261,7 @@ def distill(
             f"{type(model).__name__} has no BatchNorm2d layer: GENIE-D distils data from BatchNorm "
             "statistics; use real calibration images (--data real) for this model"
         )
+    require_finite_model(model, f"{type(model).__name__} (its weights or BatchNorm statistics)")
     device = model_device(model)
     work = apply_swing(model).eval()
     for p in work.parameters():
@@ -257,7 +269,7 @@ def distill(
     sizes = cfg.batch_sizes()
     wanted = list(range(cfg.num_batches)) if batches is None else sorted(set(batches))
     fingerprint = {k: v for k, v in asdict(cfg).items() if k != "concurrent_batches"}
-    fingerprint.update(model=_model_fingerprint(model), image_size=image_size)
+    fingerprint.update(model=model_fingerprint(model), image_size=image_size)
     checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
     done = {}
     for b in wanted:
@@ -294,6 +306,7 @@ def distill(
     ordered = [done[b] for b in wanted]
     metadata = {
         "model": model_name,
+        "model_fingerprint": fingerprint["model"],
         "distiller": cfg.distiller,
         "swing": cfg.swing,
         "iters": cfg.total_iters,

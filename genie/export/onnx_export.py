@@ -9,7 +9,6 @@ Two exports of the same model give byte-identical files.
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..data import model_device
 from ..errors import GenieError
-from ..files import write_atomically
+from ..files import check_output_file, write_atomically
 from ..quant.bn_fold import bn_factor
 from ..quant.layers import QuantLayer
 from ..quant.qmodel import QuantizedModel
@@ -173,16 +172,9 @@ def _translate(gm: torch.fx.GraphModule, ctx: ExportContext, aliases: dict) -> l
 
 
 def check_output_path(path: Union[str, Path]) -> Path:
-    """``path`` as a Path, or a :class:`GenieError` when it cannot be written (checked before any
-    work is done)."""
-    path = Path(path)
-    if path.is_dir():
-        raise GenieError(f"cannot write the ONNX model to {path}: it is a folder; give a file name such as {path}/model.onnx")
-    if not path.parent.is_dir():
-        raise GenieError(f"cannot write the ONNX model to {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise GenieError(f"cannot write the ONNX model to {path}: folder {path.parent} is not writable")
-    return path
+    """``path`` as a Path, or a :class:`GenieError` when the ONNX model cannot be written there
+    (checked before any work is done; the folder must exist)."""
+    return check_output_file(path, "the ONNX model", create_parents=False)
 
 
 def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dynamic_batch: bool = True,
@@ -268,10 +260,7 @@ def export_onnx(
     path = check_output_path(path)
     model = build_onnx(qmodel, example, int_form, dynamic_batch, quantized)
     data = model.SerializeToString(deterministic=True)
-    try:
-        write_atomically(path, data)
-    except OSError as exc:
-        raise GenieError(f"could not write the ONNX model to {path}: {exc.strerror or exc}") from None
+    write_atomically(path, data, "the ONNX model")
     report = ExportReport(path, model.opset_import[0].version, int_form, len(data),
                           dict(sorted(Counter(n.op_type for n in model.graph.node).items())))
     if verify and quantized and torch.is_tensor(example):

@@ -8,10 +8,14 @@ after a Conv2d with as many channels), with a warning.
 """
 from __future__ import annotations
 
+import copy
 import warnings
+from typing import Optional
 
 import torch
 from torch import nn
+
+from ..errors import GenieError
 
 
 def _pairs_from_graph(model: nn.Module) -> list:
@@ -83,10 +87,68 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every Conv2d -> BatchNorm2d pair of ``model`` in place; returns how many were folded."""
+def _fold_pair(model: nn.Module, conv_name: str, bn_name: str) -> None:
+    fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
+    _set_submodule(model, bn_name, nn.Identity())
+
+
+def fold_batchnorm(model: nn.Module, check_on: Optional[torch.Tensor] = None) -> int:
+    """Fold every Conv2d -> BatchNorm2d pair of ``model`` (in eval mode) in place; returns how
+    many were folded.
+
+    check_on: inputs ``(N, C, H, W)`` on which the folded model must give the outputs of the
+    original (to float tolerance); a mismatch (a pair guessed wrongly) raises a
+    :class:`GenieError` naming the first pair that changes the outputs, with ``model`` unchanged.
+    """
     pairs = find_conv_bn_pairs(model)
+    if check_on is not None:
+        _check_pairs(model, pairs, check_on)
     for conv_name, bn_name in pairs:
-        fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        _set_submodule(model, bn_name, nn.Identity())
+        _fold_pair(model, conv_name, bn_name)
     return len(pairs)
+
+
+def _check_pairs(model: nn.Module, pairs: list, x: torch.Tensor) -> None:
+    """Fold a copy of ``model`` and compare its outputs on ``x`` with the original's; on a
+    mismatch, fold another copy pair by pair to name the first pair that changes them."""
+    expected = _outputs(model, x)
+    if expected is None:
+        return
+    folded = copy.deepcopy(model)
+    for conv_name, bn_name in pairs:
+        _fold_pair(folded, conv_name, bn_name)
+    if _close(_outputs(folded, x), expected):
+        return
+    folded = copy.deepcopy(model)
+    for conv_name, bn_name in pairs:
+        _fold_pair(folded, conv_name, bn_name)
+        if not _close(_outputs(folded, x), expected):
+            raise GenieError(
+                f"folding BatchNorm {bn_name!r} into convolution {conv_name!r} changes the model's outputs: that "
+                "BatchNorm does not follow that convolution (pairs are guessed from registration order when "
+                f"torch.fx cannot trace {type(model).__name__}); quantize with fold_bn=False (--no-fold-bn)"
+            )
+
+
+@torch.no_grad()
+def run_on_images(model: nn.Module, x: torch.Tensor):
+    """``model(x)``, or a :class:`GenieError` saying the model cannot take images of that shape."""
+    try:
+        return model(x)
+    except Exception as exc:
+        raise GenieError(
+            f"the model cannot run on calibration images of shape {tuple(x.shape)}: {exc.__class__.__name__}: {exc}"
+        ) from None
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> Optional[list]:
+    """The output tensors of ``model(x)`` (a tensor, or a tuple/list of them); None otherwise."""
+    out = run_on_images(model, x)
+    outs = [out] if torch.is_tensor(out) else list(out) if isinstance(out, (tuple, list)) else None
+    return outs if outs is not None and all(torch.is_tensor(o) for o in outs) else None
+
+
+def _close(got: list, expected: list) -> bool:
+    """Equal up to the rounding that folding causes (relative to each output's largest value)."""
+    return all(a.shape == b.shape and bool(((a - b).abs().max() <= 1e-3 * (1 + b.abs().max())).item())
+               for a, b in zip(got, expected))

@@ -19,14 +19,16 @@ import torch
 from torch import nn
 
 from ..errors import GenieError
+from ..finite import require_finite_images, require_finite_model
 from .act_quantizer import ActQuantizer
 from .blocks import BlockParts, QuantBlock, default_block_table, flatten_sequential, is_weight_layer, with_act_quants
-from .bn_fold import fold_batchnorm
+from .bn_fold import fold_batchnorm, run_on_images
 from .layers import QuantLayer
 from .step_size import DEFAULT_P
 from .weight_quantizer import WEIGHT_METHODS
 
 SETTINGS = ("brecq", "all")
+BN_CHECK_IMAGES = 4  # calibration images on which the BN-folded model must match the original
 _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -61,14 +63,17 @@ class QuantConfig:
         return asdict(self)
 
 
-def _check_example(model: nn.Module, example: torch.Tensor) -> None:
+def check_calibration_images(model: nn.Module, example: torch.Tensor) -> None:
+    """A :class:`GenieError` unless ``example`` is a non-empty finite float ``(N, C, H, W)`` batch
+    with as many channels as ``model``'s first convolution takes."""
     if not torch.is_tensor(example) or example.dim() != 4 or not example.is_floating_point():
         shape = tuple(example.shape) if torch.is_tensor(example) else type(example).__name__
         raise GenieError(
-            f"calibration images must be a float tensor of shape (N, C, H, W), got {shape}"
+            f"calibration images must be a non-empty float tensor of shape (N, C, H, W), got {shape}"
         )
     if example.shape[0] == 0:
         raise GenieError("calibration images are empty (N = 0)")
+    require_finite_images(example)
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is not None and example.shape[1] != first.in_channels:
         raise GenieError(
@@ -90,17 +95,21 @@ def _check_layers(model: nn.Module) -> None:
         )
 
 
-def prepare_fp_model(model: nn.Module, fold_bn: bool) -> nn.Module:
+def prepare_fp_model(model: nn.Module, fold_bn: bool, check_on: Optional[torch.Tensor] = None) -> nn.Module:
     """An eval-mode FP copy with frozen parameters, non-in-place activations and, if asked,
-    BatchNorm folded: the teacher that block outputs are matched against."""
+    BatchNorm folded: the teacher that block outputs are matched against. ``check_on``: a few
+    images (on the device the copy is moved to) on which folding must keep the outputs
+    (:func:`genie.quant.fold_batchnorm`)."""
     fp = copy.deepcopy(model).eval()
+    if check_on is not None:
+        fp.to(check_on.device)
     for p in fp.parameters():
         p.requires_grad_(False)
     for m in fp.modules():
         if hasattr(m, "inplace") and isinstance(m.inplace, bool):
             m.inplace = False  # activations are reused by the shortcut and the quantizers
     if fold_bn:
-        fold_batchnorm(fp)
+        fold_batchnorm(fp, check_on)
     return fp
 
 
@@ -252,13 +261,7 @@ def _probe(qm: QuantizedModel, teacher: nn.Module, example: torch.Tensor) -> dic
         hooks.append(teacher.get_submodule(name).register_forward_hook(keep_output(name, teacher_out)))
     try:
         with torch.no_grad(), qm.quantization_disabled():
-            try:
-                teacher(example)
-            except Exception as exc:
-                raise GenieError(
-                    f"the model cannot run on calibration images of shape {tuple(example.shape)}: "
-                    f"{exc.__class__.__name__}: {exc}"
-                ) from None
+            run_on_images(teacher, example)
             qm.net(example)
     finally:
         for h in hooks:
@@ -306,10 +309,11 @@ def _assign_bits(qm: QuantizedModel, order: list) -> None:
             named[before_last[-1]].bits = 8  # the last layer's input
 
 
-def _build(model: nn.Module, config: QuantConfig, blocks, device) -> QuantizedModel:
-    """Teacher (prepared FP copy) and student structure, before bits and step sizes are set."""
+def _build(model: nn.Module, config: QuantConfig, blocks, device, check_on=None) -> QuantizedModel:
+    """Teacher (prepared FP copy) and student structure, before bits and step sizes are set.
+    ``check_on``: images that verify BN folding."""
     _check_layers(model)
-    teacher = prepare_fp_model(model, config.fold_bn).to(device)
+    teacher = prepare_fp_model(model, config.fold_bn, check_on).to(device)
     table = {} if blocks is False else {**default_block_table(), **(blocks or {})}
     net = copy.deepcopy(teacher)
     if type(net) in table or is_weight_layer(net):
@@ -342,8 +346,9 @@ def quantize_model(
     :func:`genie.quant.reconstruct`.
     """
     config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm, weight_symmetric).validate()
-    _check_example(model, example_images)
-    qm = _build(model, config, blocks, example_images.device)
+    check_calibration_images(model, example_images)
+    require_finite_model(model, "the model")
+    qm = _build(model, config, blocks, example_images.device, check_on=example_images[:BN_CHECK_IMAGES])
     info = _probe(qm, qm.teacher, example_images[:2])
     qm.unit_names = info["units"]
     _assign_bits(qm, info["order"])

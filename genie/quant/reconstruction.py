@@ -27,13 +27,14 @@ from torch.nn import functional as F
 from ..data import model_device
 from ..errors import GenieError
 from ..events import Callback, UnitEnd, UnitProgress, UnitStart, emit
+from ..finite import NonFiniteError, first_nonfinite, require_finite_losses
 from ..graphs import run_steps
 from ..optim import DeviceAdam
 from .act_quantizer import ActQuantizer
 from .bias import snap_biases
 from .fake_quant import bernoulli_mask, mask_as
 from .layers import QuantLayer
-from .qmodel import QuantizedModel
+from .qmodel import QuantizedModel, check_calibration_images
 
 
 @dataclass
@@ -262,6 +263,9 @@ def _train_unit(unit, fp_in, q_in, fp_out, cfg: ReconConfig, method: str, genera
     def after(done: int) -> None:
         if done % report_every and done != cfg.iters:
             return
+        require_finite_losses(trainer.losses[last[0] : done], last[0], f"reconstruction of unit {name!r}",
+                              "the step sizes or softbits diverged; check the calibration images and the "
+                              "learning rates (lr_softbits, lr_weight_scale, lr_act_scale)")
         if callback is not None:
             emit(callback, UnitProgress(index, name, last[0], trainer.losses[last[0] : done].cpu()))
         if bar is not None:
@@ -276,6 +280,16 @@ def _train_unit(unit, fp_in, q_in, fp_out, cfg: ReconConfig, method: str, genera
         for p in trainer.params:
             p.requires_grad_(False)
     return trainer.losses
+
+
+def _require_finite_error(error: float, unit: nn.Module, name: str, when: str) -> None:
+    """A unit whose reconstruction error is NaN or Inf stops the run, naming the unit and the
+    first non-finite tensor it holds (or its input, when it holds none)."""
+    if math.isfinite(error):
+        return
+    culprit = first_nonfinite(list(unit.named_parameters()) + list(unit.named_buffers()))
+    raise NonFiniteError(f"unit {name!r}: its quantized output is not finite {when} (error {error}): "
+                         + (culprit or "its input from the units before it holds NaN or Inf"))
 
 
 def _accepts_channels_last(model: nn.Module, sample: torch.Tensor) -> bool:
@@ -314,9 +328,7 @@ def reconstruct(
     teacher = qmodel.teacher
     if teacher is None:
         raise GenieError("this quantized model has no FP teacher (loaded or released); build it with quantize_model")
-    if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point() or len(images) == 0:
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise GenieError(f"calibration images must be a non-empty float tensor (N, C, H, W), got {shape}")
+    check_calibration_images(teacher, images)
     device = model_device(qmodel)
     teacher.to(device).eval()
     qmodel.eval()
@@ -343,6 +355,7 @@ def reconstruct(
             _init_activations(unit, q_in, chunk, qmodel.config.p_norm)
             _set_hard(unit, True)
             init_error = _unit_error(unit, q_in, fp_out, chunk)
+            _require_finite_error(init_error, unit, name, "before training")
             kind = getattr(unit, "source_type", None) or f"{unit.kind} layer"
             emit(callback, UnitStart(index, len(units), name, kind, cfg.iters, init_error))
             losses = torch.zeros(0)
@@ -356,6 +369,7 @@ def reconstruct(
                     m.finalize()
             snap_biases(unit)  # the int32 bias an integer runtime adds (genie.quant.bias)
             final_error = _unit_error(unit, q_in, fp_out, chunk)
+            _require_finite_error(final_error, unit, name, "after training")
             seconds = time.perf_counter() - t0
             reports.append(UnitReport(name, kind, init_error, final_error, seconds, losses))
             emit(callback, UnitEnd(index, name, kind, init_error, final_error, losses, seconds))

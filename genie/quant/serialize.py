@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import GenieError
-from ..files import load_genie_file
+from ..files import load_genie_file, save_atomically
+from ..finite import require_finite_model
 from .qmodel import QuantConfig, QuantizedModel, integer_model_structure
 
 FORMAT = "genie.quantized-model"
@@ -30,6 +31,7 @@ def save_quantized(qmodel: QuantizedModel, path: Union[str, Path], metadata: Opt
             f"{len(not_final)} layers (first: {not_final[0]}) still have soft or FP weights; "
             "run reconstruct() (iters=0 for round-to-nearest) or qmodel.finalize() before saving"
         )
+    require_finite_model(qmodel.net, f"the quantized model (not saved to {path})")
     blob = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -43,8 +45,7 @@ def save_quantized(qmodel: QuantizedModel, path: Union[str, Path], metadata: Opt
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(blob, path)
-    return path
+    return save_atomically(blob, path, "the quantized model")
 
 
 def load_quantized(
