@@ -151,8 +151,8 @@ def _models(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from .distill import DistillConfig, distill
-    from .files import check_output_file, check_output_folder
     from .distill.distributed import distill_sharded, init_process_group, launched_by_torchrun
+    from .files import check_output_file, check_output_folder
     from .models import load_model, model_spec
     from .pipeline import RunConfig
 

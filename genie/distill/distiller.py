@@ -205,12 +205,11 @@ def _distill_chunk(work, batch_ids, n, cfg, image_size, device, callback, bar, r
         snapshots = set(snapshot_at)
 
         def after(done: int) -> None:
-            if done % report_every == 0 or done == iters:
-                require_finite_losses(losses[last[0] : done], last[0], f"distillation of batches {list(batch_ids)}",
-                                      "check the model's BatchNorm statistics, or lower lr_latent / lr_generator")
             if done - 1 in snapshots:
                 emit(callback, DistillSnapshot(done - 1, list(batch_ids), state["images"].to("cpu", copy=True)))
             if done % report_every == 0 or done == iters:
+                require_finite_losses(losses[last[0] : done], last[0], f"distillation of batches {list(batch_ids)}",
+                                      "check the model's BatchNorm statistics, or lower lr_latent / lr_generator")
                 if callback is not None:
                     emit(callback, DistillProgress(last[0], list(batch_ids), losses[last[0] : done].to("cpu", copy=True),
                                                    state["per_layer"].to("cpu", copy=True)))
