@@ -12,7 +12,7 @@ GENIE_ASSETS ?= $(abspath ../shared/assets)
 endif
 export GENIE_ASSETS
 
-.PHONY: demo test install clean reproduce bench
+.PHONY: demo test install clean reproduce bench render
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ reproduce: $(STAMP)
 		$(PY) -m genie.sweep $$nb --out $(REPRODUCE_OUT)/$$(basename $$nb .ipynb) --set smoke=False $(REPRODUCE_ARGS) || exit 1; \
 	done
 	$(PY) -m genie.sweep --collect $(REPRODUCE_OUT)
+
+# notebooks 1-6 executed at the CPU showcase setting (genie/render.py: more images and iterations
+# than the smoke setting, still the 100 lossless test images) and committed with their figures;
+# the parameters cells keep the smoke defaults that CI runs. About 15 minutes on 2 CPU cores.
+render: $(STAMP)
+	$(PY) -m genie.render
 
 # GPU benchmarks at the paper's full setting (see benchmarks/RESULTS.md); writes benchmarks/_out/
 bench: $(STAMP)

@@ -16,7 +16,6 @@ that graph replay gives the same result as eager execution and says so in the ou
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,22 +24,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-if not os.environ.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is_dir():
-    os.environ["GENIE_ASSETS"] = str(ROOT.parent / "shared" / "assets")
+from genie.assets import use_checkout_assets  # noqa: E402
+
+use_checkout_assets(ROOT)
 
 from genie.distill import distill  # noqa: E402
 from genie.files import write_atomically, write_json  # noqa: E402
+from genie.methods import TABLE2  # noqa: E402
 from genie.models import load_model, model_spec  # noqa: E402
 from genie.pipeline import RunConfig, device_name, run  # noqa: E402
 from genie.quant import quantize_model, reconstruct  # noqa: E402
+from genie.record import RunRecord  # noqa: E402
 
-ABLATION = [  # the paper's Table 2 rows
-    ("M1", "direct", False, "adaround"),
-    ("M2", "direct", True, "adaround"),
-    ("M3", "genie", False, "adaround"),
-    ("M4", "genie", True, "adaround"),
-    ("M5", "genie", True, "genie"),
-]
+ABLATION = [(name, m["distiller"], m["swing"], m["quantizer"]) for name, m in TABLE2.items()]  # Table 2 rows
 
 
 def settings(args) -> dict:
@@ -84,19 +80,20 @@ def check_graph_replay(args) -> dict:
     return out
 
 
-def bench_quantize(args, rows):
+def bench_quantize(args, rows, records):
     for bits in (4, 2):
         for quantizer in ("genie", "adaround"):
-            result = run(base_config(args, data="real", w_bits=bits, a_bits=4, quantizer=quantizer))
-            v = result.values
-            rows.append({"bench": "few-shot", "model": v["model"], "bits": f"W{bits}A4", "quantizer": quantizer,
-                         "data": f"real x{v['samples']}", "recon_iters": v["recon_iters"], "fp_top1": v["fp_top1"],
-                         "q_top1": v["q_top1"], "recon_s": round(v["recon_seconds"], 1),
-                         "total_s": round(v["total_seconds"], 1), "test_file": v["test_file"], "device": v["device_name"]})
+            r = run(base_config(args, data="real", w_bits=bits, a_bits=4, quantizer=quantizer)).record("bench")
+            r.extra["bench"] = "few-shot"
+            records.append(r.to_dict())
+            rows.append({"bench": "few-shot", "model": r.model, "bits": f"W{bits}A4", "quantizer": quantizer,
+                         "data": f"real x{r.samples}", "recon_iters": r.recon_iters, "fp_top1": r.fp_top1,
+                         "q_top1": r.q_top1, "recon_s": round(r.recon_seconds, 1),
+                         "total_s": round(r.total_seconds, 1), "test_file": r.test_file, "device": r.device_name})
             print(rows[-1], flush=True)
 
 
-def bench_distill(args, rows):
+def bench_distill(args, rows, records):
     spec = model_spec(args.model)
     device = torch.device(args.device)
     model = load_model(args.model).to(device)
@@ -113,6 +110,13 @@ def bench_distill(args, rows):
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    meta = ds.metadata
+    records.append(RunRecord(
+        producer="bench", model=args.model, data="synthetic", samples=n, distiller=meta["distiller"],
+        swing=meta["swing"], distill_iters=iters, initial_bns_loss=ds.initial_loss, final_bns_loss=ds.final_loss,
+        seed=meta["seed"], device=str(device), device_name=device_name(device), distill_seconds=seconds,
+        extra={"bench": "distill throughput", "iters_per_s": iters / seconds, "cuda_graph": bool(args.cuda_graph)},
+    ).to_dict())
     rows.append({"bench": "distill throughput", "model": args.model, "images": n, "iters_measured": iters,
                  "iters_per_s": round(iters / seconds, 2), "s_per_iter_ms": round(1000 * seconds / iters, 2),
                  "final_bns_loss": round(ds.final_loss, 4), "device": device_name(device),
@@ -120,16 +124,17 @@ def bench_distill(args, rows):
     print(rows[-1], flush=True)
 
 
-def bench_pipeline(args, rows, label, configs):
+def bench_pipeline(args, rows, records, label, configs):
     for row, distiller, swing, quantizer, bits in configs:
-        result = run(base_config(args, data="synthetic", w_bits=bits, a_bits=4, quantizer=quantizer,
-                                 distiller=distiller, swing=swing))
-        v = result.values
-        rows.append({"bench": label, "row": row, "model": v["model"], "bits": f"W{bits}A4", "distiller": distiller, "swing": swing,
-                     "quantizer": quantizer, "distill_iters": v["distill_iters"], "recon_iters": v["recon_iters"],
-                     "fp_top1": v["fp_top1"], "q_top1": v["q_top1"], "distill_s": round(v["distill_seconds"], 1),
-                     "recon_s": round(v["recon_seconds"], 1), "total_s": round(v["total_seconds"], 1),
-                     "test_file": v["test_file"], "device": v["device_name"]})
+        r = run(base_config(args, data="synthetic", w_bits=bits, a_bits=4, quantizer=quantizer,
+                            distiller=distiller, swing=swing)).record("bench")
+        r.extra.update(bench=label, row=row)
+        records.append(r.to_dict())
+        rows.append({"bench": label, "row": row, "model": r.model, "bits": f"W{bits}A4", "distiller": distiller, "swing": swing,
+                     "quantizer": quantizer, "distill_iters": r.distill_iters, "recon_iters": r.recon_iters,
+                     "fp_top1": r.fp_top1, "q_top1": r.q_top1, "distill_s": round(r.distill_seconds, 1),
+                     "recon_s": round(r.recon_seconds, 1), "total_s": round(r.total_seconds, 1),
+                     "test_file": r.test_file, "device": r.device_name})
         print(rows[-1], flush=True)
 
 
@@ -162,7 +167,7 @@ def main(argv=None) -> int:
         args.cuda_graph = args.device.startswith("cuda")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, t0 = [], time.perf_counter()
+    rows, records, t0 = [], [], time.perf_counter()  # rows: the Markdown tables; records: genie.record, one per run
     meta = {"device": device_name(torch.device(args.device)), "torch": str(torch.__version__),
             "setting": "quick" if args.quick else "full", "cuda_graph": args.cuda_graph,
             "command": "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -170,16 +175,17 @@ def main(argv=None) -> int:
         meta["graph_check"] = check_graph_replay(args)
         print("graph check:", meta["graph_check"], flush=True)
     if args.what in ("all", "distill"):
-        bench_distill(args, rows)
+        bench_distill(args, rows, records)
     if args.what in ("all", "quantize"):
-        bench_quantize(args, rows)
+        bench_quantize(args, rows, records)
     if args.what in ("all", "pipeline"):
-        bench_pipeline(args, rows, "zero-shot", [("GENIE", "genie", True, "genie", 4), ("GENIE", "genie", True, "genie", 2)])
+        bench_pipeline(args, rows, records, "zero-shot",
+                       [("GENIE", "genie", True, "genie", 4), ("GENIE", "genie", True, "genie", 2)])
     if args.what in ("all", "ablation"):
-        bench_pipeline(args, rows, "ablation (Table 2)", [(m, d, s, q, 2) for m, d, s, q in ABLATION])
+        bench_pipeline(args, rows, records, "ablation (Table 2)", [(m, d, s, q, 2) for m, d, s, q in ABLATION])
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     name = f"{args.what}{'-quick' if args.quick else ''}"
-    write_json(out / f"{name}.json", {"meta": meta, "rows": rows}, "the benchmark table")
+    write_json(out / f"{name}.json", {"meta": meta, "rows": rows, "records": records}, "the benchmark table")
     md = f"## {name} on {meta['device']} (torch {meta['torch']}, cuda_graph={args.cuda_graph})\n\n"
     md += f"Command: `{meta['command']}`; {meta['seconds']} s in all.\n\n" + to_markdown(rows)
     write_atomically(out / f"{name}.md", md.encode(), "the benchmark table")

@@ -20,6 +20,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from genie.assets import use_checkout_assets  # noqa: E402
+
+use_checkout_assets(ROOT)  # the timed processes inherit it through os.environ
 
 TIMED = """
 import sys, time, torch
@@ -39,8 +44,6 @@ print(time.perf_counter() - t0)
 
 def timed(tree: Path, args) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
-    if not env.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is_dir():
-        env["GENIE_ASSETS"] = str(ROOT.parent / "shared" / "assets")
     code = TIMED.format(threads=args.threads, samples=args.samples, iters=args.iters)
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-if not os.environ.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is_dir():
-    os.environ["GENIE_ASSETS"] = str(ROOT.parent / "shared" / "assets")
+from genie.assets import use_checkout_assets  # noqa: E402
+
+use_checkout_assets(ROOT)
 
 from genie.data import cifar10_calibration, cifar10_test  # noqa: E402
 from genie.export import export_onnx  # noqa: E402

@@ -8,6 +8,10 @@ public URL and its sha256. Lookup order:
 3. a download from the URL into the cache, unless ``GENIE_OFFLINE=1``.
 
 Every file is checked against its sha256 before use.
+
+:func:`use_checkout_assets` is the one place that applies this project's layout (an offline copy
+in ``shared/assets`` beside the checkout) when ``$GENIE_ASSETS`` is unset: the test and notebook
+conftests, the benchmark scripts and :func:`genie.viz.notebook_setup` call it.
 """
 from __future__ import annotations
 
@@ -48,6 +52,20 @@ def asset_dir() -> Optional[Path]:
     """The offline asset directory from ``$GENIE_ASSETS``, or None when unset."""
     value = os.environ.get(ASSETS_ENV, "").strip()
     return Path(value).expanduser() if value else None
+
+
+def use_checkout_assets(root: Path) -> Optional[Path]:
+    """Point ``$GENIE_ASSETS`` at ``<root>/../shared/assets`` when it is unset (or empty) and that
+    folder exists; returns the asset directory in effect afterwards (:func:`asset_dir`).
+
+    ``root``: the project checkout (the folder holding ``genie/``). A ``$GENIE_ASSETS`` already set
+    is kept, so a Makefile or CI setting always wins over this layout.
+    """
+    if asset_dir() is None:
+        beside = Path(root).resolve().parent / "shared" / "assets"
+        if beside.is_dir():
+            os.environ[ASSETS_ENV] = str(beside)
+    return asset_dir()
 
 
 def offline() -> bool:

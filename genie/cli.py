@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from .distill.distiller import DEFAULT_ITERS, DISTILLERS, DistillConfig
 from .errors import GenieError, exit_status
+from .quant.reconstruction import ReconConfig
 from .sweep import add_sweep_parser, run_sweep
 
 
@@ -18,10 +20,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     _add_distill_arguments(p)
     p.add_argument("--calib-file", default=None,
                    help="with --data synthetic: use a distilled set saved by 'python -m genie distill'")
-    p.add_argument("--recon-iters", type=int, default=20000, help="reconstruction iterations per unit (default 20000)")
+    p.add_argument("--recon-iters", type=int, default=ReconConfig.iters,
+                   help=f"reconstruction iterations per unit (default {ReconConfig.iters})")
     p.add_argument("--quantizer", default="genie", choices=["genie", "adaround", "nearest"],
                    help="weight quantizer: genie (joint step size + softbits), adaround (frozen step), nearest")
-    p.add_argument("--batch-size", type=int, default=32, help="reconstruction batch size (default 32)")
+    p.add_argument("--batch-size", type=int, default=ReconConfig.batch_size,
+                   help=f"reconstruction batch size (default {ReconConfig.batch_size})")
     p.add_argument("--setting", default="brecq", choices=["brecq", "all"],
                    help="brecq: first/last layer 8-bit (paper Tables 2,3,5); all: every layer at the target bits")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm unfolded (reference behaviour)")
@@ -29,7 +33,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="signed weights with zero point 0 (runtimes such as TensorRT) instead of asymmetric")
     p.add_argument("--export-onnx", action="store_true", help="also write OUT/model.onnx (QDQ; see genie export)")
     _add_onnx_int_argument(p)
-    p.add_argument("--drop-prob", type=float, default=0.5, help="QDrop probability (0 disables; default 0.5)")
+    p.add_argument("--drop-prob", type=float, default=ReconConfig.drop_prob,
+                   help=f"QDrop probability (0 disables; default {ReconConfig.drop_prob})")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--test-source", default="auto", choices=["auto", "npz", "lossless100", "torchvision"],
@@ -48,13 +53,17 @@ def _add_onnx_int_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--distiller", default="genie", choices=["genie", "direct", "generator"],
+    p.add_argument("--distiller", default=DistillConfig.distiller, choices=list(DISTILLERS),
                    help="genie: generator + trained latents; direct: pixels (ZeroQ); generator: fixed noise (GBA)")
-    p.add_argument("--swing", dest="swing", action="store_true", default=True, help="swing convolution on (default)")
-    p.add_argument("--no-swing", dest="swing", action="store_false", help="swing convolution off")
-    p.add_argument("--distill-iters", type=int, default=None,
-                   help="distillation iterations per batch (default 4000; direct: 500)")
-    p.add_argument("--distill-batch", type=int, default=128, help="images per distillation batch (default 128)")
+    p.add_argument("--swing", dest="swing", action="store_true", default=DistillConfig.swing,
+                   help="swing convolution on" + (" (default)" if DistillConfig.swing else ""))
+    p.add_argument("--no-swing", dest="swing", action="store_false",
+                   help="swing convolution off" + ("" if DistillConfig.swing else " (default)"))
+    p.add_argument("--distill-iters", type=int, default=DistillConfig.iters,
+                   help="distillation iterations per batch (default: "
+                        + ", ".join(f"{name} {iters}" for name, iters in DEFAULT_ITERS.items()) + ")")
+    p.add_argument("--distill-batch", type=int, default=DistillConfig.batch_size,
+                   help=f"images per distillation batch (default {DistillConfig.batch_size})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the zoo models")
     d = sub.add_parser("distill", help="distil a synthetic calibration set (GENIE-D); works under torchrun")
     d.add_argument("--model", default="resnet20_cifar10", help="zoo model name")
-    d.add_argument("--samples", type=int, default=1024, help="number of images to distil (default 1024)")
+    d.add_argument("--samples", type=int, default=DistillConfig.num_images,
+                   help=f"number of images to distil (default {DistillConfig.num_images})")
     _add_distill_arguments(d)
     d.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     d.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -153,8 +163,8 @@ def _distill(args: argparse.Namespace) -> int:
     from .distill import DistillConfig, distill
     from .distill.distributed import distill_sharded, init_process_group, launched_by_torchrun
     from .files import check_output_file, check_output_folder
+    from .devices import resolve_device
     from .models import load_model, model_spec
-    from .pipeline import RunConfig
 
     spec = model_spec(args.model)
     check_output_file(args.out, "the distilled set", "--out ")
@@ -165,7 +175,7 @@ def _distill(args: argparse.Namespace) -> int:
                         concurrent_batches=args.concurrent_batches).validate()
     kwargs = dict(checkpoint_dir=args.checkpoint_dir, model_name=args.model, cuda_graph=args.cuda_graph)
     if not launched_by_torchrun():
-        device = RunConfig(device=args.device).resolved_device()
+        device = resolve_device(args.device)
         model = load_model(args.model).to(device)
         _save_distilled(distill(model, spec.image_size, cfg, progress=args.progress, **kwargs), args, device)
         return 0
@@ -189,7 +199,7 @@ def _save_distilled(distilled, args: argparse.Namespace, device) -> None:
     meta = distilled.metadata
     print(f"distilled {len(distilled)} images from {args.model} with {meta['distiller']} "
           f"(swing {meta['swing']}, {meta['iters']} iterations) in {meta['seconds']:.1f} s on {device}; "
-          f"BNS loss {float(distilled.losses[0].mean()):.4g} -> {distilled.final_loss:.4g}", flush=True)
+          f"BNS loss {distilled.initial_loss:.4g} -> {distilled.final_loss:.4g}", flush=True)
     distilled.save(args.out)
     print(f"wrote {args.out}")
 

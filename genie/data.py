@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .assets import OFFLINE_ENV, RemoteFile, asset_dir, cache_dir, fetch, offline
+from .devices import model_device
 from .errors import AssetError, GenieError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -192,13 +193,6 @@ def sample_images(dataset, num_images: int, seed: int = 0) -> LabeledImages:
     images = torch.stack([torch.as_tensor(x) for x, _ in items])
     labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
     return LabeledImages(images, labels, f"{len(pick)} images drawn with seed {seed}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter or buffer (CPU for a model without any)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()

@@ -5,7 +5,6 @@ Used by the command line (``python -m genie run``), the benchmarks and the noteb
 from __future__ import annotations
 
 import json
-import platform
 import time
 import warnings
 from contextlib import nullcontext
@@ -17,11 +16,14 @@ import torch
 
 from . import __version__
 from .data import LabeledImages, cifar10_calibration, cifar10_test, evaluate, image_folder, sample_images
+from .devices import device_name, resolve_device
+from .distill import DistillConfig
 from .errors import GenieError
 from .events import Callback
-from .files import check_output_folder, folder_lock, write_json
+from .files import check_output_folder, folder_lock
 from .models import load_model, model_spec
 from .quant import QuantConfig, ReconConfig, quantize_model, reconstruct, save_quantized
+from .record import RunRecord, write_record
 
 
 DEFAULT_SAMPLES = 1024
@@ -39,24 +41,24 @@ class RunConfig:
     a_bits: int = 4
     data: str = "real"  # real | synthetic
     samples: Optional[int] = None  # None: 1024, or every image of calib_file
-    recon_iters: int = 20000
+    recon_iters: int = ReconConfig.iters
     quantizer: str = "genie"  # genie | adaround | nearest
     seed: int = 0
     device: Optional[str] = None  # default: cuda when available
     out: Optional[str] = None
-    batch_size: int = 32
+    batch_size: int = ReconConfig.batch_size
     setting: str = "brecq"  # brecq | all
     fold_bn: bool = True
     weight_symmetric: bool = False  # signed weights, zero point 0 (TensorRT-style)
-    drop_prob: float = 0.5
+    drop_prob: float = ReconConfig.drop_prob
     test_source: str = "auto"  # CIFAR: auto | npz | lossless100 | torchvision
     data_dir: Optional[str] = None  # ImageNet-style root with train/ and val/
     progress: bool = True
     # zero-shot (--data synthetic): GENIE-D settings
-    distiller: str = "genie"  # genie | direct | generator
-    swing: bool = True
-    distill_iters: Optional[int] = None  # None: the distiller's default (4000; direct: 500)
-    distill_batch: int = 128
+    distiller: str = DistillConfig.distiller  # genie | direct | generator
+    swing: bool = DistillConfig.swing
+    distill_iters: Optional[int] = DistillConfig.iters  # None: the distiller's default (DEFAULT_ITERS)
+    distill_batch: int = DistillConfig.batch_size
     calib_file: Optional[str] = None  # a distilled set saved earlier (python -m genie distill)
     cuda_graph: bool = False  # replay training steps as CUDA graphs (GPU only)
     report_every: int = 100  # iterations between loss events (live plots)
@@ -69,9 +71,7 @@ class RunConfig:
         """The calibration images asked for: ``samples``, 1024 when unset."""
         return DEFAULT_SAMPLES if self.samples is None else self.samples
 
-    def distill_config(self):
-        from .distill import DistillConfig
-
+    def distill_config(self) -> DistillConfig:
         return DistillConfig(
             num_images=self.num_samples,
             distiller=self.distiller,
@@ -82,22 +82,8 @@ class RunConfig:
         )
 
     def resolved_device(self) -> torch.device:
-        if self.device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise GenieError(f"unknown device {self.device!r}; use cuda, cuda:N or cpu") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise GenieError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        return device
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable name of the device a run used (GPU model, or CPU and thread count)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+        """The run's device (:func:`genie.devices.resolve_device` of ``device``)."""
+        return resolve_device(self.device)
 
 
 def test_data(spec, cfg: RunConfig) -> LabeledImages:
@@ -121,14 +107,20 @@ def real_calibration(spec, cfg: RunConfig) -> LabeledImages:
 
 @dataclass
 class RunResult:
-    """What a run measured; ``to_json()`` is the content of ``result.json``."""
+    """What a run measured: ``values``, a flat dict (also the saved model's metadata);
+    ``record()`` is the content of ``result.json``."""
 
     values: dict
     recon_report: object = field(repr=False, default=None)
     qmodel: object = field(repr=False, default=None)
 
+    def record(self, producer: str = "genie run") -> RunRecord:
+        """``values`` as a :class:`genie.record.RunRecord`; the keys that are no record field
+        (``setting``, ``fold_bn``, top-5, ``units``, ...) go to its ``extra``."""
+        return RunRecord.from_values(producer, self.values)
+
     def to_json(self) -> str:
-        return json.dumps(self.values, indent=2)
+        return json.dumps(self.record().to_dict(), indent=2)
 
     def table(self) -> str:
         v = self.values
@@ -161,7 +153,7 @@ def _distill_info(distilled) -> dict:
         "distill_iters": meta["iters"],
         "distill_batch": meta["batch_size"],
         "distill_seconds": meta["seconds"],
-        "initial_bns_loss": float(distilled.losses[0].mean()),
+        "initial_bns_loss": distilled.initial_loss,
         "final_bns_loss": distilled.final_loss,
     }
 
@@ -355,7 +347,7 @@ def write_outputs(result: RunResult, cfg: RunConfig, spec) -> None:
     out.mkdir(parents=True, exist_ok=True)
     values = result.values
     save_quantized(result.qmodel, out / QMODEL_FILE, metadata={k: v for k, v in values.items() if k != "units"})
-    write_json(out / RESULT_FILE, values)
+    write_record(out / RESULT_FILE, result.record())
     if cfg.export_onnx:
         from .export import export_onnx
 

@@ -8,7 +8,9 @@ runs the notebook once per combination (cases x grid), writes each executed note
 reads the ``result.json`` the notebook writes there, and combines everything into
 ``OUT/results.json`` (a list of records: run name, parameters, status, result) and
 ``OUT/results.csv`` (one row per run, scalar fields only). ``--case NAME:key=value,...`` adds
-named variants (e.g. the ablation's M1..M5) that are crossed with the grid.
+named variants (e.g. the ablation's M1..M5) that are crossed with the grid. ``--collect DIR``
+checks every result against the record of :mod:`genie.record` and combines all sweeps below DIR
+into one table, ``DIR/summary.json`` and ``DIR/summary.csv``.
 
 Values are parsed as Python literals when they can be (``4``, ``0.5``, ``True``, ``None``,
 ``"text"``); ``true``/``false``/``none`` are accepted in lower case; anything else is a string.
@@ -19,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
-import io
 import itertools
 import json
 import os
@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .errors import GenieError, exit_status
-from .files import check_output_folder, folder_lock, write_atomically, write_json
+from .files import check_output_folder, folder_lock
+from .sweep_results import RESULT_FILE, collect, load_results, print_collected, write_results
 
-RESULT_FILE = "result.json"
+__all__ = ["RESULT_FILE", "check_parameters", "collect", "find_notebook", "load_results", "main", "notebook_parameters",
+           "parse_assignment", "parse_case", "parse_value", "plan", "sweep", "write_results"]
+
 _LOWER = {"true": True, "false": False, "none": None, "null": None}
 
 
@@ -242,63 +245,6 @@ def _run_all(notebook: Path, runs: list, out: Path, kernel, cwd, fail_fast: bool
     return records
 
 
-def _flatten(record: dict) -> dict:
-    row = {"run": record["run"], "status": record["status"], "seconds": record.get("seconds")}
-    for prefix, values in (("param.", record.get("parameters", {})), ("", record.get("result", {}))):
-        for k, v in values.items():
-            if isinstance(v, (str, int, float, bool)) or v is None:
-                row[prefix + k] = v
-    if "error" in record:
-        row["error"] = record["error"]
-    return row
-
-
-def _write_records(records: list, rows: list, json_path: Path, csv_path: Path) -> None:
-    """``records`` as JSON and ``rows`` (flat dicts) as CSV, each written atomically."""
-    write_json(json_path, records, "the sweep results")
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomically(csv_path, text.getvalue().encode(), "the sweep results")
-
-
-def write_results(records: list, out_dir) -> tuple:
-    """Write ``results.json`` and ``results.csv`` into ``out_dir``; returns their paths."""
-    out = Path(out_dir)
-    json_path, csv_path = out / "results.json", out / "results.csv"
-    _write_records(records, [_flatten(r) for r in records], json_path, csv_path)
-    return json_path, csv_path
-
-
-def collect(root) -> list:
-    """Every ``results.json`` below ``root`` (one per sweep) as one list of records, each with
-    its ``sweep`` folder; written to ``root/summary.json`` and ``root/summary.csv``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise GenieError(f"no folder {root} to collect results from")
-    records = []
-    for path in sorted(root.rglob("results.json")):
-        if path.parent == root:
-            continue
-        for record in json.loads(path.read_text()):
-            records.append({"sweep": str(path.parent.relative_to(root)), **record})
-    if not records:
-        raise GenieError(f"no results.json below {root}: run a sweep (or make reproduce) first")
-    rows = [{"sweep": r["sweep"], **_flatten(r)} for r in records]
-    _write_records(records, rows, root / "summary.json", root / "summary.csv")
-    return records
-
-
-def load_results(out_dir) -> list:
-    """The records of ``out_dir/results.json``."""
-    path = Path(out_dir) / "results.json"
-    if not path.is_file():
-        raise GenieError(f"no sweep results at {path}")
-    return json.loads(path.read_text())
-
-
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``sweep`` command to an ``argparse`` sub-parser collection; returns its parser."""
     p = subparsers.add_parser(
@@ -333,13 +279,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 def _sweep_command(args: argparse.Namespace) -> int:
     if args.collect:
-        records = collect(args.collect)
-        for r in records:
-            top = r.get("result", {})
-            numbers = ", ".join(f"{k}={v:.2f}" for k, v in top.items() if isinstance(v, float) and k.endswith("top1"))
-            print(f"{r['sweep']}/{r['run']}: {r['status']}" + (f"  {numbers}" if numbers else ""))
-        print(f"{len(records)} runs; wrote {Path(args.collect) / 'summary.json'} and summary.csv")
-        return 0 if all(r["status"] == "ok" for r in records) else 1
+        return print_collected(args.collect)
     if not args.notebook or not args.out:
         raise GenieError("give a notebook and --out (or --collect DIR)")
     axes = dict(parse_assignment(g, many=True) for g in args.grid)

@@ -4,9 +4,10 @@ the notebooks themselves are not collected as tests."""
 import os
 from pathlib import Path
 
+from genie.assets import use_checkout_assets
+
 ROOT = Path(__file__).resolve().parents[1]
-if not os.environ.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is_dir():
-    os.environ["GENIE_ASSETS"] = str(ROOT.parent / "shared" / "assets")
+use_checkout_assets(ROOT)
 os.environ.setdefault("GENIE_OFFLINE", "1")
 os.environ["GENIE_LIVE"] = "0"  # kernels inherit it: static figures, no widgets
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from genie.assets import use_checkout_assets
+
 ROOT = Path(__file__).resolve().parents[1]
-if not os.environ.get("GENIE_ASSETS") and (ROOT.parent / "shared" / "assets").is_dir():
-    os.environ["GENIE_ASSETS"] = str(ROOT.parent / "shared" / "assets")
+use_checkout_assets(ROOT)
 os.environ["GENIE_OFFLINE"] = "1"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: each worker (and what it launches) takes one thread,

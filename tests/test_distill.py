@@ -18,6 +18,7 @@ from genie.distill import (
     set_swing,
     swing_crop,
 )
+from genie.distill.distiller import DEFAULT_ITERS, DISTILLERS, STRATEGIES
 from genie.errors import GenieError
 from genie.events import BatchDone, DistillProgress, DistillSnapshot
 
@@ -61,8 +62,21 @@ def test_swing_visits_all_nine_windows_evenly():
             seen[g, off[g, 0], off[g, 1]] += 1
         control.step += 1
     assert bool((seen > 60).all()) and bool((seen < 140).all())  # about 100 each
-    # different layers and batches draw differently
-    assert not torch.equal(control.offsets(0), control.offsets(1)) or not torch.equal(control.offsets(2), control.offsets(3))
+
+
+def test_swing_layers_and_batches_draw_independently():
+    """Two layers (or two batches) pick the same window in about 1 step of 9, as independent
+    draws do; a batch gets the same windows whether it is distilled alone or with others."""
+    together, alone = SwingControl(torch.tensor([7, 1234567]), group_size=1), SwingControl(torch.tensor([7]), 1)
+    same_layer, same_batch = 0, 0
+    for _ in range(900):
+        a, b = together.offsets(0), together.offsets(1)
+        same_layer += int(torch.equal(a[0], b[0]))
+        same_batch += int(torch.equal(a[0], a[1]))
+        assert torch.equal(alone.offsets(0), a[:1]) and torch.equal(alone.offsets(1), b[:1])
+        together.step += 1
+        alone.step += 1
+    assert 50 < same_layer < 150 and 50 < same_batch < 150  # about 100 each
 
 
 def test_centre_window_is_the_plain_strided_conv():
@@ -147,11 +161,36 @@ def test_bns_loss_per_group_equals_separate_batches(tiny):
 
 def test_model_without_batchnorm_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    with pytest.raises(GenieError, match="GENIE-D needs BatchNorm statistics|distils data from BatchNorm"):
+    with pytest.raises(GenieError, match="has no BatchNorm2d layer: GENIE-D distils data from BatchNorm statistics"):
         distill(model, 8, num_images=4, batch_size=4, iters=1, progress=False)
 
 
 # --- distillers -----------------------------------------------------------------------------
+
+def test_every_distiller_has_a_strategy():
+    """The strategy table is the list of distillers; each trains the tensors its name says and
+    makes (G * n, 3, S, S) images with one learning rate per trained tensor."""
+    assert DISTILLERS == tuple(STRATEGIES) == ("genie", "generator", "direct")
+    assert DEFAULT_ITERS == {"genie": 4000, "generator": 4000, "direct": 500}
+    cfg = DistillConfig()
+    for name in DISTILLERS:
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        strategy = STRATEGIES[name](cfg, gens, 3, 8, torch.device("cpu"), torch.float32)
+        images = strategy.images()
+        assert images.shape == (6, 3, 8, 8)
+        lrs = strategy.learning_rates(torch.zeros((), dtype=torch.int64))
+        assert len(lrs) == len(strategy.params) > 0
+        for lr, p in zip(lrs, strategy.params):
+            assert p.requires_grad and (torch.as_tensor(lr) * p).shape == p.shape
+        grads = torch.autograd.grad(images.sum(), strategy.params, allow_unused=True)
+        assert all(g is not None for g in grads)  # every trained tensor makes the images
+        trains_latents = any(p is getattr(strategy, "z", None) for p in strategy.params)
+        assert trains_latents == (name == "genie")
+        assert strategy.uses_generator == (name != "direct")
+        assert strategy.images_are_params == (name == "direct")
+    with pytest.raises(GenieError, match="use one of genie, generator, direct"):
+        DistillConfig(distiller="zeroq").validate()
+
 
 @pytest.mark.parametrize("distiller", ["genie", "generator", "direct"])
 def test_concurrent_batches_match_sequential_ones(tiny, distiller):

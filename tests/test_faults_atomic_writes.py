@@ -9,7 +9,7 @@ import torch
 
 from genie.cli import main
 from genie.distill import DistilledSet, load_distilled
-from genie.distill.distiller import _Checkpoints
+from genie.distill.checkpoints import Checkpoints
 from genie.files import WriteError, write_json
 from genie.quant import quantize_model, reconstruct, save_quantized
 from genie.sweep import write_results
@@ -40,7 +40,7 @@ def test_distilled_set(tmp_path, monkeypatch, where):
 
 @pytest.mark.parametrize("where", FAILURES)
 def test_distillation_checkpoint(tmp_path, monkeypatch, where):
-    checkpoints = _Checkpoints(str(tmp_path), {"run": 1})
+    checkpoints = Checkpoints(str(tmp_path), {"run": 1})
     checkpoints.save(0, {"images": torch.zeros(2, 3, 4, 4)})
     before = checkpoints.path(0).read_bytes()
     fail_saves(monkeypatch, where)

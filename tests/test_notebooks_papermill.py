@@ -1,5 +1,5 @@
-"""The notebooks as files (parameters cell, smoke default, algorithms only from genie, committed
-without outputs, one README section each), a papermill run of the quickstart with injected
+"""The notebooks as files (parameters cell, smoke default, algorithms only from genie, rendered
+with their figures (1-6), one README section each), a papermill run of the quickstart with injected
 parameters through the sweep helper, and the sweep helper's argument handling and failures."""
 import ast
 import json
@@ -13,7 +13,8 @@ pytest.importorskip("papermill")
 from nbformat.v4 import new_code_cell, new_notebook  # noqa: E402
 
 from genie import sweep  # noqa: E402
-from genie.errors import GenieError
+from genie.errors import GenieError  # noqa: E402
+from genie.record import validate_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -82,20 +83,44 @@ def test_algorithms_come_from_genie(notebook):
     assert not any(m and m.split(".")[0] not in {"genie", "pathlib"} for m in imported), imported
 
 
-def test_committed_without_outputs_except_checked_cells(notebook):
+FIGURE_KINDS = {"image/png", "application/vnd.plotly.v1+json", "text/html"}
+
+
+def test_checked_cells_keep_their_reference_output(notebook):
     path, nb = notebook
-    checked = 0
-    for cell in _code(nb):
-        if cell.source.lstrip().startswith(CHECK):
-            checked += 1
-            assert cell.outputs, f"{path.name}: a {CHECK} cell needs its reference output"
-            assert cell.execution_count is not None, f"{path.name}: nbval ignores reference outputs of unrun cells"
-            assert all(o.output_type == "stream" for o in cell.outputs)
-        else:
-            assert cell.execution_count is None, f"{path.name}: clear execution counts before committing"
-            assert not cell.outputs, (f"{path.name}: commit with outputs cleared (only {CHECK} cells keep "
-                                      "theirs: execute the notebook and copy those outputs back)")
-    assert checked >= 1, f"{path.name}: at least one deterministic cell is checked by nbval"
+    checked = [c for c in _code(nb) if c.source.lstrip().startswith(CHECK)]
+    assert checked, f"{path.name}: at least one deterministic cell is checked by nbval"
+    for cell in checked:
+        assert cell.outputs, f"{path.name}: a {CHECK} cell needs its reference output"
+        assert cell.execution_count is not None, f"{path.name}: nbval ignores reference outputs of unrun cells"
+        assert all(o.output_type == "stream" for o in cell.outputs)
+
+
+def test_rendered_notebooks_show_their_figures(notebook):
+    """Notebooks 1-6 are committed as ``make render`` wrote them: figures and tables in place,
+    the note naming the showcase setting after the parameters cell, nothing papermill adds."""
+    from genie.render import NOTE_TAG, SHOWCASE
+
+    path, nb = notebook
+    tags = [set(c.metadata.get("tags", [])) for c in nb.cells]
+    assert not any("injected-parameters" in t for t in tags), f"{path.name}: papermill's injected cell was committed"
+    outputs = [o for c in _code(nb) for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], f"{path.name}: committed with an error"
+    if path.name not in SHOWCASE:  # the deploy notebook is committed clean
+        assert [o for c in _code(nb) if not c.source.lstrip().startswith(CHECK) for o in c.outputs] == []
+        return
+    notes = [i for i, t in enumerate(tags) if NOTE_TAG in t]
+    params = next(i for i, t in enumerate(tags) if "parameters" in t)
+    assert notes == [params + 1], f"{path.name}: render it (make render): one setting note after the parameters"
+    for key, value in SHOWCASE[path.name].items():
+        assert f"`{key}={value!r}`" in nb.cells[notes[0]].source
+    figures = [o for o in outputs if FIGURE_KINDS & set(o.get("data", {}))]
+    assert len(figures) >= 2, f"{path.name}: the rendered notebook shows fewer than 2 figures"
+
+
+def test_rendered_outputs_stay_small():
+    total = sum(p.stat().st_size for p in NOTEBOOKS)
+    assert total < 5_000_000, f"the notebooks take {total / 1e6:.1f} MB with their outputs (limit 5 MB)"
 
 
 def test_readme_has_a_section_per_notebook():
@@ -122,7 +147,9 @@ def test_quickstart_runs_headless_with_injected_parameters(tmp_path):
     records = json.loads((out / "results.json").read_text())
     assert [r["run"] for r in records] == ["w_bits=8"] and records[0]["status"] == "ok"
     result = records[0]["result"]
-    assert (result["w_bits"], result["a_bits"], result["seed"], result["num_images"], result["recon_iters"]) == (8, 4, 3, 8, 0)
+    validate_record(result, "the quickstart's result.json")  # the one record every producer writes
+    assert result["producer"] == "01_quickstart"
+    assert (result["w_bits"], result["a_bits"], result["seed"], result["samples"], result["recon_iters"]) == (8, 4, 3, 8, 0)
     assert result["test_file"] == "cifar10_test_first100_lossless.npz" and result["fp_top1"] == pytest.approx(94.0)
     assert result["final_bns_loss"] < result["initial_bns_loss"]
     assert result["q_top1"] >= result["fp_top1"] - 5.0

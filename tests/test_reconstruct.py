@@ -4,15 +4,26 @@ import torch
 
 from genie.errors import GenieError
 from genie.events import UnitEnd, UnitProgress, UnitStart
-from genie.quant import quantize_model, reconstruct
-from genie.quant.reconstruction import batch_indices, reconstruction_error, reconstruction_loss
+from genie.quant import ActQuantizer, QuantLayer, prepare_fp_model, quantize_model, reconstruct
+from genie.quant.reconstruction import (
+    ParamGroup,
+    ReconConfig,
+    batch_indices,
+    param_groups,
+    reconstruction_error,
+    reconstruction_loss,
+)
 
 
 def test_batch_indices_cover_every_image_equally():
     idx = batch_indices(10, 7, 4, torch.Generator().manual_seed(0), "cpu")
     assert idx.shape == (7, 4)
     counts = torch.bincount(idx.flatten(), minlength=10)
-    assert counts.tolist() == [3] * 8 + [2] * 2 or sorted(counts.tolist()) == [2, 2] + [3] * 8
+    assert sorted(counts.tolist()) == [2, 2] + [3] * 8
+    # consecutive permutations: every image once in the first 10 draws and in the next 10
+    flat = idx.flatten().tolist()
+    assert sorted(flat[:10]) == sorted(flat[10:20]) == list(range(10))
+    assert len(set(flat[20:])) == 8
 
 
 def test_events_and_report(resnet20, calib64):
@@ -44,13 +55,14 @@ def test_same_seed_same_model(resnet20, calib64):
 
 
 def test_any_number_of_images_and_batch_size(resnet20, calib64):
-    qm = quantize_model(resnet20, calib64[:37])
-    qm.unit_names = qm.unit_names[:2]
-    report = reconstruct(qm, calib64[:37], iters=3, batch_size=32, progress=False)
-    assert len(report.units) == 2
-    qm = quantize_model(resnet20, calib64[:5])
-    qm.unit_names = qm.unit_names[:2]
-    reconstruct(qm, calib64[:5], iters=2, batch_size=32, progress=False)  # batch larger than the set
+    for n, iters in ((37, 3), (5, 2)):  # 37: batches do not divide the set; 5: a batch larger than the set
+        qm = quantize_model(resnet20, calib64[:n])
+        qm.unit_names = qm.unit_names[:2]
+        report = reconstruct(qm, calib64[:n], iters=iters, batch_size=32, progress=False)
+        assert [u.losses.shape for u in report.units] == [(iters,), (iters,)]
+        assert all(bool(torch.isfinite(u.losses).all()) and u.final_error >= 0 for u in report.units)
+        trained = [layer for name, layer in qm.layers() if name == "conv1" or name.startswith("layer1.0.")]
+        assert len(trained) == 3 and all(layer.weight_quant.is_integer for layer in trained)
 
 
 def test_reconstruction_lowers_the_block_error(resnet20, calib64):
@@ -65,8 +77,6 @@ def test_reconstruction_lowers_the_block_error(resnet20, calib64):
 def test_qdrop_limits_on_a_block(resnet20, calib64):
     """QDrop at p=0 is the fully quantized block, at p=1 the block with FP activations (and, on
     the block input, the FP model's input in place of the student's)."""
-    from genie.quant import ActQuantizer
-
     qm = quantize_model(resnet20, calib64)
     qm.unit_names = qm.unit_names[:3]
     reconstruct(qm, calib64, iters=0, progress=False)
@@ -112,10 +122,100 @@ def test_bad_calibration_tensor(resnet20, calib64):
 
 
 def test_qdrop_probability_one_trains(resnet20, calib64):
-    qm = quantize_model(resnet20, calib64)
+    """At QDrop probability 1 every activation stays FP: the weights' rounding and step sizes
+    train, the activation step sizes get no gradient and keep their initial values."""
+    qm = quantize_model(resnet20, calib64, quantizer="genie")
     qm.unit_names = qm.unit_names[:2]
-    report = reconstruct(qm, calib64, iters=3, drop_prob=1.0, progress=False)
-    assert report.units[1].losses.shape == (3,)
+    block = qm.net.layer1[0]
+    layers = [m for m in block.modules() if isinstance(m, QuantLayer)]
+    acts = [m for m in block.modules() if isinstance(m, ActQuantizer) and m.enabled]
+    weight_scales = [layer.weight_quant.scale.detach().clone() for layer in layers]
+    act_scales = {}
+
+    def at_start(event):  # activation step sizes are initialised just before UnitStart
+        if isinstance(event, UnitStart) and event.name == "layer1.0":
+            act_scales.update({id(q): q.scale.detach().clone() for q in acts})
+
+    report = reconstruct(qm, calib64, iters=3, drop_prob=1.0, progress=False, callback=at_start)
+    assert report.units[1].losses.shape == (3,) and bool(torch.isfinite(report.units[1].losses).all())
+    assert len(act_scales) == len(acts) == 2
+    assert all(torch.equal(q.scale, act_scales[id(q)]) for q in acts)
+    assert all(not torch.equal(layer.weight_quant.scale, s) for layer, s in zip(layers, weight_scales))
+
+
+def test_param_groups_follow_the_method(resnet20, calib64):
+    """genie learns softbits, weight and activation step sizes; adaround keeps the weight step
+    sizes frozen; only step sizes have a cosine schedule and a floor."""
+    cfg = ReconConfig()
+    for method, n_weight_scales in (("genie", 2), ("adaround", 0)):
+        qm = quantize_model(resnet20, calib64[:8], quantizer=method)
+        block = qm.net.layer1[0]
+        layers = [m for m in block.modules() if isinstance(m, QuantLayer)]
+        acts = [m for m in block.modules() if isinstance(m, ActQuantizer) and m.enabled]
+        groups = param_groups(layers, acts, method, cfg)
+        assert [g.name for g in groups] == ["softbits", "weight step sizes", "activation step sizes"]
+        assert all(isinstance(g, ParamGroup) for g in groups)
+        softbits, weight_scales, act_scales = groups
+        assert [p is l.weight_quant.softbits for p, l in zip(softbits.params, layers)] == [True, True]
+        assert (softbits.lr, softbits.schedule, softbits.floor) == (cfg.lr_softbits, "constant", None)
+        assert len(weight_scales.params) == n_weight_scales
+        assert (weight_scales.lr, weight_scales.schedule) == (cfg.lr_weight_scale, "cosine")
+        assert (act_scales.lr, act_scales.schedule) == (cfg.lr_act_scale, "cosine")
+        assert weight_scales.floor == act_scales.floor == cfg.min_scale_ratio
+        assert [p is q.scale for p, q in zip(act_scales.params, acts)] == [True, True]
+
+
+def test_training_lowers_the_loss_and_moves_every_group(resnet20, calib64):
+    """A genie unit trained for 60 iterations: the loss goes down, and softbits, weight step
+    sizes and activation step sizes all change."""
+    qm = quantize_model(resnet20, calib64, w_bits=2, quantizer="genie")
+    qm.unit_names = qm.unit_names[:2]
+    block = qm.net.layer1[0]
+    layers = [m for m in block.modules() if isinstance(m, QuantLayer)]
+    acts = [m for m in block.modules() if isinstance(m, ActQuantizer) and m.enabled]
+    before, after = {}, {}
+
+    def snapshot(store):
+        store["softbits"] = [l.weight_quant.softbits.detach().clone() for l in layers]
+        store["weight"] = [l.weight_quant.scale.detach().clone() for l in layers]
+        store["act"] = [q.scale.detach().clone() for q in acts]
+
+    def watch(event):
+        if isinstance(event, UnitStart) and event.name == "layer1.0":
+            snapshot(before)
+        elif isinstance(event, UnitProgress) and event.name == "layer1.0" and event.start + len(event.losses) == 60:
+            snapshot(after)  # the last report, before the weights are hard-rounded
+
+    report = reconstruct(qm, calib64, iters=60, drop_prob=0.0, report_every=60, progress=False, callback=watch)
+    losses = report.units[1].losses
+    assert losses[-10:].mean() < 0.9 * losses[:10].mean()
+    for group in ("softbits", "weight", "act"):
+        assert all(not torch.equal(a, b) for a, b in zip(before[group], after[group])), group
+
+
+def test_an_explicit_teacher_gives_the_same_model(resnet20, calib64):
+    """reconstruct(qm, images, teacher=prepare_fp_model(model, fold_bn)) is what the kept
+    teacher does; without either it refuses; a teacher without the units' modules is refused."""
+    outs = []
+    for explicit in (False, True):
+        qm = quantize_model(resnet20, calib64)
+        qm.unit_names = qm.unit_names[:3]
+        teacher = None
+        if explicit:
+            qm.release_teacher()
+            teacher = prepare_fp_model(resnet20, fold_bn=True)
+        reconstruct(qm, calib64, iters=5, teacher=teacher, progress=False)
+        with torch.no_grad():
+            outs.append(qm(calib64[:8]))
+    assert torch.equal(outs[0], outs[1])
+    qm = quantize_model(resnet20, calib64)
+    assert qm.teacher is not None and not any(k.startswith("teacher") for k in qm.state_dict())
+    assert all(m is not qm.teacher for m in qm.modules())
+    with pytest.raises(GenieError, match="no module 'conv1'"):
+        reconstruct(qm, calib64, iters=0, teacher=torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), progress=False)
+    qm.release_teacher()
+    with pytest.raises(GenieError, match="no FP teacher"):
+        reconstruct(qm, calib64, iters=0, progress=False)
 
 
 def test_learned_step_sizes_stay_positive(resnet20, calib64):

@@ -1,110 +1,15 @@
-"""genie.analysis (the checkerboard measure, the gradient footprint of strided convolutions) and
-genie.viz (figures, live views in static mode, controls), plus the lazy-import promise."""
+"""genie.viz: figures, showing them as MIME bundles, live views in static and live mode (closing
+into their final output, inside and outside a control panel), controls, plus the lazy-import
+promise."""
+import base64
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-
-from genie.analysis import gradient_coverage, power_spectrum, stride_artifact_energy, stride_frequency_mask
-from genie.errors import GenieError
-
-
-def _checkerboard(n=2, size=8, period=2):
-    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    board = ((y // (period // 2) + x // (period // 2)) % 2).float() * 2 - 1
-    return board.expand(n, 3, size, size).clone()
-
-
-# ---------------------------------------------------------------------------------------------
-# the artifact measure
-
-
-def test_stride_frequency_mask_marks_the_stride_frequencies():
-    mask = stride_frequency_mask(8, 8, 2)
-    assert mask.sum() == 3 and mask[0, 4] and mask[4, 0] and mask[4, 4] and not mask[0, 0]
-    assert stride_frequency_mask(16, 16, 4).sum() == 15
-
-
-def test_checkerboard_scores_one_and_smooth_images_zero():
-    assert torch.allclose(stride_artifact_energy(_checkerboard()), torch.ones(2, dtype=torch.float64))
-    constant = torch.full((2, 3, 8, 8), 0.7)
-    assert torch.equal(stride_artifact_energy(constant), torch.zeros(2, dtype=torch.float64))
-    ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32)
-    assert stride_artifact_energy(ramp).item() < 0.01
-
-
-def test_period_four_pattern_is_seen_at_stride_four_not_two():
-    board4 = _checkerboard(1, 16, period=4)
-    assert stride_artifact_energy(board4, stride=2).item() < 1e-12
-    assert stride_artifact_energy(board4, stride=4).item() == pytest.approx(1.0)
-
-
-def test_white_noise_scores_its_share_of_frequencies():
-    noise = torch.randn(512, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    expected = 3 / (32 * 32 - 1)
-    assert stride_artifact_energy(noise).mean().item() == pytest.approx(expected, rel=0.1)
-
-
-def test_measure_ignores_brightness_and_contrast():
-    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(stride_artifact_energy(x), stride_artifact_energy(3.0 * x + 5.0))
-
-
-def test_added_checkerboard_raises_the_measure_of_real_images(cifar_spec):
-    from genie.data import cifar10_test
-
-    real = cifar10_test(cifar_spec.mean, cifar_spec.std, source="lossless100").images[:32]
-    clean = stride_artifact_energy(real)
-    assert clean.mean().item() < 0.005
-    dirty = stride_artifact_energy(real + 0.3 * _checkerboard(32, 32))
-    assert (dirty > clean).all()
-
-
-def test_power_spectrum_conserves_energy():
-    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)).double()
-    centred = x - x.mean(dim=(2, 3), keepdim=True)
-    assert torch.allclose(power_spectrum(x).sum(dim=(1, 2)), 64 * centred.pow(2).sum(dim=(1, 2, 3)))
-
-
-@pytest.mark.parametrize("bad", [torch.zeros(3, 8, 8), torch.zeros(0, 3, 8, 8), torch.zeros(1, 3, 8, 8, dtype=torch.int64)])
-def test_measure_rejects_bad_input(bad):
-    with pytest.raises(GenieError, match="image"):
-        stride_artifact_energy(bad)
-
-
-def test_measure_rejects_indivisible_sizes_and_bad_strides():
-    with pytest.raises(GenieError, match="not divisible"):
-        stride_artifact_energy(torch.zeros(1, 3, 9, 9))
-    with pytest.raises(GenieError, match="stride"):
-        stride_artifact_energy(torch.zeros(1, 3, 8, 8), stride=1)
-
-
-def test_gradient_coverage_of_a_strided_conv_is_a_checkerboard():
-    plain = gradient_coverage(8, 3, 2)
-    assert plain[2:6, 2:6].tolist() == [[1, 2, 1, 2], [2, 4, 2, 4], [1, 2, 1, 2], [2, 4, 2, 4]]
-    assert torch.equal(gradient_coverage(8, 3, 1)[2:6, 2:6], torch.full((4, 4), 9.0, dtype=torch.float64))
-
-
-def test_swing_flattens_the_footprint():
-    swung = gradient_coverage(8, 3, 2, swing=True)
-    # mean over offsets -1, 0, +1 of a 1:2 pattern: (1 + 2 + 2) / 3 and (2 + 1 + 1) / 3 per axis
-    assert swung[2, 2].item() == pytest.approx(25 / 9) and swung[3, 3].item() == pytest.approx(16 / 9)
-    assert swung[2, 3].item() == pytest.approx(20 / 9)
-    plain, swing = gradient_coverage(32)[None, None], gradient_coverage(32, swing=True)[None, None]
-    assert stride_artifact_energy(swing).item() < 0.6 * stride_artifact_energy(plain).item()
-
-
-def test_gradient_coverage_checks_its_arguments():
-    with pytest.raises(GenieError, match="size"):
-        gradient_coverage(1)
-    with pytest.raises(GenieError, match="stride"):
-        gradient_coverage(8, 3, 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# genie.viz
 
 
 def test_import_genie_needs_no_plotting_or_notebook_package():
@@ -214,12 +119,100 @@ def test_run_panel_widgets_report_their_values(viz):
 
 
 def test_snapshot_schedule(viz):
+    from genie.distill import snapshot_schedule
+
+    assert viz.snapshot_schedule is snapshot_schedule  # re-exported where notebooks look for it
     assert viz.snapshot_schedule(1, 6) == [0]
     assert viz.snapshot_schedule(100, 3) == [0, 50, 99]
     assert viz.snapshot_schedule(0) == []
 
 
-def test_static_show_emits_mime_bundles(viz):
-    fig = viz.line_figure({"a": ([0], [1])}, "T", "x", "y")
-    bundle = viz._plotly_bundle(fig)
-    assert json.dumps(bundle[viz.PLOTLY_MIME]) and bundle["text/plain"] == "<plotly figure: T>"
+@pytest.fixture
+def shown(monkeypatch):
+    """What viz displays, as a list of ``(object, raw)``: an IPython session without a kernel."""
+    IPython = pytest.importorskip("IPython")
+    import IPython.display
+
+    out = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False, **kw: out.append((obj, raw)))
+    return out
+
+
+def test_show_emits_mime_bundles_that_round_trip(viz, shown):
+    import plotly.io
+
+    viz.show(viz.line_figure({"a": ([0, 1], [3, 2])}, "T", "x", "y"))
+    bundle, raw = shown[-1]
+    assert raw and bundle["text/plain"] == "<plotly figure: T>"
+    fig = plotly.io.from_json(json.dumps(bundle[viz.PLOTLY_MIME]))
+    assert fig.layout.title.text == "T" and list(fig.data[0].y) == [3.0, 2.0] and fig.data[0].name == "a"
+
+    viz.show(viz.image_grid(torch.zeros(2, 3, 8, 8), (0.5,) * 3, (0.25,) * 3, title="grid"))
+    bundle, raw = shown[-1]
+    assert raw and bundle["text/plain"] == "<image: grid>"
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(TypeError, match="matplotlib or plotly"):
+        viz.show("not a figure")
+
+
+def test_static_views_show_their_final_output_once_on_close(viz, capsys):
+    with viz.Progress(4, "steps", live=False) as bar:
+        bar.update(3, "nearly")
+    assert capsys.readouterr().out.startswith("steps: 3/4 done in ")
+    bar.close()
+    assert capsys.readouterr().out == "" and bar.closed
+    grid = viz.ImageGridView((0.5,) * 3, (0.25,) * 3, live=False)
+    grid.close()
+    assert capsys.readouterr().out == ""  # no snapshot: nothing to show
+
+
+def test_live_views_are_replaced_by_their_final_output(viz, shown):
+    pytest.importorskip("ipywidgets")
+    from genie.events import UnitEnd, UnitStart
+
+    mon = viz.ReconMonitor(iters=2, units=1, live=True)
+    widgets = [mon.progress.widget, mon.chart.widget, mon.curve.widget]
+    assert [obj for obj, _ in shown] == widgets and all(w.comm is not None for w in widgets)
+    mon(UnitStart(0, 1, "b0", "block", 2, 5.0))
+    mon(UnitEnd(0, "b0", "block", 5.0, 1.0, torch.ones(2), 0.1))
+    assert list(mon.chart.widget.data[1].y) == [1.0]  # the live chart fills in as units end
+    mon.close()
+    assert all(p.closed for p in (mon.progress, mon.chart, mon.curve))
+    assert all(w.comm is None for w in widgets)  # each widget closed once its final output replaced it
+
+
+def test_live_views_inside_a_run_panel_stay_widgets(viz, shown):
+    pytest.importorskip("ipywidgets")
+    made = {}
+
+    def run(values):
+        with viz.Progress(values["iters"], "inside", live=True) as made["bar"]:
+            made["bar"].update(values["iters"])
+
+    panel = viz.RunPanel(run, {"iters": 3}, live=True)
+    panel.click()
+    bar = made["bar"]
+    assert panel.runs == 1 and bar.closed and bar.nested
+    assert bar.widget.comm is not None and bar.label.value.startswith("inside: 3/3 done in ")
+    with viz.Progress(1, "outside", live=True) as outside:
+        assert not outside.nested
+
+
+def test_notebook_setup_finds_the_assets(viz, monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("GENIE_ASSETS", raising=False)
+    beside = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+    info = viz.notebook_setup(live=False)
+    # unset: the shared/assets folder beside the checkout when there is one, else the cache
+    if beside.is_dir():
+        assert info["assets"] == str(beside) == os.environ.get("GENIE_ASSETS")
+    else:
+        assert info["assets"].startswith("none") and os.environ.get("GENIE_ASSETS") is None
+    monkeypatch.setenv("GENIE_ASSETS", str(tmp_path))
+    assert viz.notebook_setup(live=False)["assets"] == str(tmp_path)  # a setting already made wins
+    (tmp_path / "mine").mkdir()
+    info = viz.notebook_setup(str(tmp_path / "mine"), live=False)
+    assert info["assets"] == str((tmp_path / "mine").resolve()) and info["display"] == "static figures"
+    assert "static figures" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        viz.notebook_setup(str(tmp_path / "missing"))

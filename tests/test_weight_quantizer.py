@@ -1,4 +1,5 @@
 """GENIE-M weight quantizer: Eq. 11-13 and hard rounding."""
+import pytest
 import torch
 
 from genie.quant.fake_quant import GAMMA, ZETA, rectified_sigmoid
@@ -65,7 +66,7 @@ def test_hard_rounding_is_v_nonnegative_and_finalize_keeps_it():
     with torch.no_grad():
         q.softbits.copy_(torch.randn(q.softbits.shape, generator=g) * 4)
         q.scale.mul_(1.1)  # a learned step size must be kept
-    q.soft = False
+    q.set_soft(False)
     expected = torch.clamp(q.base + (q.softbits >= 0).float() + q.zero_point, 0, q.qmax)
     hard = q(w)
     assert torch.equal(hard, (expected - q.zero_point) * q.scale)
@@ -90,3 +91,42 @@ def test_nearest_rounds_to_nearest():
     expected = (torch.clamp(torch.round(w / q.scale) + q.zero_point, 0, 15) - q.zero_point) * q.scale
     assert torch.equal(q(w), expected)
     assert rectified_sigmoid(torch.tensor([-100.0, 100.0])).tolist() == [0.0, 1.0]
+
+
+def test_state_transitions():
+    """unset -> soft (adaround/genie) or nearest; soft <-> hard; then integer, holding only
+    w_int, scale and zero_point; integer_placeholders: unset -> integer."""
+    for method, first in (("genie", "soft"), ("adaround", "soft"), ("nearest", "nearest")):
+        q = WeightQuantizer(method)
+        assert (q.state, q.has_softbits, q.is_integer) == ("unset", False, False)
+        with pytest.raises(RuntimeError, match="not set up"):
+            q(torch.zeros(2, 3))
+        q, w = _quantizer(method)
+        assert q.state == first and q.has_softbits == (first == "soft") and q.soft == (first == "soft")
+        if q.has_softbits:
+            q.set_soft(False)
+            assert (q.state, q.soft, q.has_softbits) == ("hard", False, True)
+            q.set_soft(True)
+            assert q.state == "soft"
+            assert {"softbits", "base"} <= set(q.state_dict())
+        else:
+            with pytest.raises(RuntimeError, match="no softbits"):
+                q.set_soft(False)
+        q.finalize(w)
+        assert (q.state, q.has_softbits, q.is_integer, q.soft) == ("integer", False, True, False)
+        assert set(q.state_dict()) == {"zero_point", "scale", "w_int", "_extra_state"}
+        assert not hasattr(q, "softbits") and not hasattr(q, "base") and not list(q.parameters())
+        with pytest.raises(RuntimeError, match="no softbits"):
+            q.set_soft(True)
+        q.finalize(w)  # nothing left to do
+        assert q.state == "integer"
+        with pytest.raises(RuntimeError, match="already 'integer'"):
+            q.setup(w, 4)
+    placeholder = WeightQuantizer("genie")
+    placeholder.integer_placeholders((5, 3, 3, 3), 4)
+    assert placeholder.state == "integer" and set(placeholder.state_dict()) == set(q.state_dict())
+    assert placeholder.get_extra_state().keys() == {"method", "bits", "enabled", "is_integer", "symmetric"}
+    placeholder.load_state_dict(q.state_dict())
+    assert torch.equal(placeholder(None), q(None))
+    with pytest.raises(RuntimeError, match="integer_placeholders"):
+        WeightQuantizer("genie").load_state_dict(q.state_dict(), strict=False)

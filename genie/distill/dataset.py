@@ -31,6 +31,11 @@ class DistilledSet:
         return len(self.images)
 
     @property
+    def initial_loss(self) -> float:
+        """Mean over batches of the BNS loss at the first iteration."""
+        return float(self.losses[0].mean()) if len(self.losses) else float("nan")
+
+    @property
     def final_loss(self) -> float:
         """Mean over batches of the BNS loss at the last iteration."""
         return float(self.losses[-1].mean()) if len(self.losses) else float("nan")

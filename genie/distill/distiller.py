@@ -6,33 +6,33 @@
 each with swing convolution on or off. Every batch of ``batch_size`` images is an independent
 problem with its own generator, latents and schedules; batches run together on the device
 (``concurrent_batches`` at a time), which gives the same result as running them one by one.
+
+The distillers differ only in what they train and how a step's images come out of it: each is
+a strategy class in :data:`STRATEGIES` (name -> class); the loop around them is shared.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..data import model_device
+from ..devices import model_device
 from ..errors import GenieError
 from ..events import BatchDone, Callback, DistillProgress, DistillSnapshot, emit
-from ..files import check_output_folder, load_torch_file, save_atomically
 from ..finite import require_finite_losses, require_finite_model
 from ..graphs import run_steps
-from ..optim import DeviceAdam, DevicePlateau
+from ..optim import DeviceAdam
 from ..seeding import cpu_generator, derive_seed
 from .bns import BNStatsLoss, input_stats_loss
+from .checkpoints import Checkpoints, model_fingerprint
 from .dataset import DistilledSet
-from .generator import LATENT_DIM, StackedGenerator
+from .strategies import DEFAULT_ITERS, DISTILLERS, STRATEGIES
 from .swing import SwingControl, apply_swing, set_swing
 
-DISTILLERS = ("genie", "generator", "direct")
-DEFAULT_ITERS = {"genie": 4000, "generator": 4000, "direct": 500}
+__all__ = ["DEFAULT_ITERS", "DISTILLERS", "STRATEGIES", "DistillConfig", "distill", "model_fingerprint"]
 
 
 @dataclass
@@ -42,7 +42,7 @@ class DistillConfig:
     num_images: int = 1024
     distiller: str = "genie"
     swing: bool = True
-    iters: Optional[int] = None  # None: 4000 (genie, generator) or 500 (direct)
+    iters: Optional[int] = None  # None: the distiller's default, DEFAULT_ITERS[distiller]
     batch_size: int = 128
     seed: int = 0
     lr_latent: float = 0.1
@@ -85,50 +85,6 @@ class DistillConfig:
         return self
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """16 hex digits of the sha256 of ``model``'s BatchNorm statistics: which model a set was distilled from."""
-    digest = hashlib.sha256()
-    for name, m in model.named_modules():
-        if isinstance(m, nn.BatchNorm2d):
-            digest.update(name.encode())
-            digest.update(m.running_mean.detach().cpu().numpy().tobytes())
-            digest.update(m.running_var.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-class _Checkpoints:
-    """Finished batches saved one file each; a rerun with the same settings skips them."""
-
-    def __init__(self, directory: Optional[str], fingerprint: dict):
-        self.dir = Path(directory) if directory else None
-        self.fingerprint = fingerprint
-        if self.dir:
-            check_output_folder(self.dir, "distillation checkpoints", "checkpoint_dir ")
-            self.dir.mkdir(parents=True, exist_ok=True)
-
-    def path(self, batch: int) -> Path:
-        return self.dir / f"batch_{batch:05d}.pt"
-
-    def load(self, batch: int) -> Optional[dict]:
-        if self.dir is None or not self.path(batch).is_file():
-            return None
-        blob = load_torch_file(self.path(batch), "distillation checkpoint")
-        if not isinstance(blob, dict) or "fingerprint" not in blob:
-            raise GenieError(f"{self.path(batch)} is not a genie distillation checkpoint: delete it (the batch "
-                             "is distilled again) or use another checkpoint directory")
-        if blob.get("fingerprint") != self.fingerprint:
-            raise GenieError(
-                f"{self.path(batch)} belongs to a different distillation run ({blob.get('fingerprint')}); "
-                "use another checkpoint directory or delete it"
-            )
-        return blob
-
-    def save(self, batch: int, record: dict) -> None:
-        if self.dir is None:
-            return
-        save_atomically({**record, "fingerprint": self.fingerprint}, self.path(batch), "a distillation checkpoint")
-
-
 def _chunks(batches: list, sizes: list, per_chunk: int) -> list:
     """Group batch indices into chunks of equal-sized batches, at most ``per_chunk`` each."""
     chunks, current = [], []
@@ -142,9 +98,27 @@ def _chunks(batches: list, sizes: list, per_chunk: int) -> list:
     return chunks
 
 
-def _distill_chunk(work, batch_ids, n, cfg, image_size, device, callback, bar, report_every, snapshot_at, cuda_graph):
+@dataclass
+class _DistillRun:
+    """What the distillation of every chunk of batches shares."""
+
+    work: nn.Module  # the swing-wrapped, frozen copy of the model
+    cfg: DistillConfig
+    image_size: int
+    device: torch.device
+    callback: Callback
+    bar: object  # a tqdm bar (or None): advanced by images x iterations
+    report_every: int  # iterations between DistillProgress events (and finiteness checks)
+    snapshot_at: Sequence[int]  # iterations whose images are sent as DistillSnapshot
+    cuda_graph: bool  # replay the step as a CUDA graph (GPU only)
+
+
+def _distill_chunk(run: _DistillRun, batch_ids: list, n: int):
     """Run ``cfg.total_iters`` iterations for the batches ``batch_ids`` (``n`` images each).
-    Works in the dtype of the model's parameters (float32, or float64 for exactness tests)."""
+    Works in the dtype of the model's parameters (float32, or float64 for exactness tests).
+    Returns the last step's images ``(G * n, 3, S, S)``, the losses ``(iters, G)`` and the last
+    per-layer BNS losses ``(G, layers)``."""
+    cfg, work, device = run.cfg, run.work, run.device
     dtype = next(work.parameters()).dtype
     g_count = len(batch_ids)
     seeds = [derive_seed(cfg.seed, b) for b in batch_ids]
@@ -154,25 +128,8 @@ def _distill_chunk(work, batch_ids, n, cfg, image_size, device, callback, bar, r
     stats = BNStatsLoss(work, n)
     iters = cfg.total_iters
     try:
-        lr_tensors, plateau, generator = [], None, None
-        if cfg.distiller in ("genie", "generator"):
-            generator = StackedGenerator(gens, image_size).to(device, dtype)
-            z = torch.stack([torch.randn(n, LATENT_DIM, generator=g) for g in gens]).to(device, dtype)
-            params = list(generator.parameters())
-            lr_gen = torch.full((), cfg.lr_generator, device=device, dtype=dtype)
-            lr_tensors = [lr_gen] * len(params)
-            if cfg.distiller == "genie":
-                z.requires_grad_(True)
-                plateau = DevicePlateau(torch.full((g_count,), cfg.lr_latent, device=device, dtype=dtype),
-                                        patience=cfg.plateau_patience, min_lr=cfg.plateau_min_lr)
-                params = [z] + params
-                lr_tensors = [None] + lr_tensors
-        else:
-            pixels = torch.stack([torch.randn(n, 3, image_size, image_size, generator=g) for g in gens])
-            pixels = pixels.to(device, dtype).requires_grad_(True)
-            plateau = DevicePlateau(torch.full((g_count,), cfg.lr_pixels, device=device, dtype=dtype),
-                                    patience=cfg.plateau_patience, min_lr=cfg.plateau_min_lr)
-            params, lr_tensors = [pixels], [None]
+        strategy = STRATEGIES[cfg.distiller](cfg, gens, n, run.image_size, device, dtype)
+        params = strategy.params
         opt = DeviceAdam(params)
         losses = torch.zeros(iters, g_count, device=device, dtype=dtype)
         state = {}
@@ -180,7 +137,7 @@ def _distill_chunk(work, batch_ids, n, cfg, image_size, device, callback, bar, r
         def step() -> None:
             # everything below stays on the device (counter, schedules, loss record), so one
             # step can be captured in a CUDA graph and replayed
-            images = generator(z) if generator is not None else pixels.view(g_count * n, 3, image_size, image_size)
+            images = strategy.images()
             # oneDNN's convolution backward is several times faster in channels-last layout on CPUs
             work(images.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else images)
             per_layer = stats.per_layer()
@@ -188,36 +145,32 @@ def _distill_chunk(work, batch_ids, n, cfg, image_size, device, callback, bar, r
             if cfg.input_term:
                 loss = loss + input_stats_loss(images, n)
             grads = torch.autograd.grad(loss.sum(), params)
-            if generator is not None:  # ExponentialLR(0.95) stepped every 100 iterations
-                lr_gen.copy_(cfg.lr_generator * torch.pow(cfg.generator_decay, torch.div(control.step, 100, rounding_mode="floor")))
-            if plateau is not None:
-                lr_tensors[0] = plateau.lr.view(-1, *([1] * (params[0].dim() - 1)))
-            opt.step(list(grads), lr_tensors)
-            if plateau is not None:
-                plateau.step(loss)
+            opt.step(list(grads), strategy.learning_rates(control.step))
+            strategy.after_step(loss)
             losses.index_copy_(0, control.step.view(1), loss.detach().view(1, -1))
             control.step += 1
-            # the images this step was computed on (the direct distiller's pixels are updated in place)
-            state["images"] = images.detach() if generator is not None else images.detach().clone()
+            # the images this step was computed on (pixels trained in place are copied)
+            state["images"] = images.detach().clone() if strategy.images_are_params else images.detach()
             state["per_layer"] = per_layer.detach()
 
         last = [0]
-        snapshots = set(snapshot_at)
+        snapshots = set(run.snapshot_at)
 
         def after(done: int) -> None:
             if done - 1 in snapshots:
-                emit(callback, DistillSnapshot(done - 1, list(batch_ids), state["images"].to("cpu", copy=True)))
-            if done % report_every == 0 or done == iters:
+                emit(run.callback, DistillSnapshot(done - 1, list(batch_ids), state["images"].to("cpu", copy=True)))
+            if done % run.report_every == 0 or done == iters:
                 require_finite_losses(losses[last[0] : done], last[0], f"distillation of batches {list(batch_ids)}",
                                       "check the model's BatchNorm statistics, or lower lr_latent / lr_generator")
-                if callback is not None:
-                    emit(callback, DistillProgress(last[0], list(batch_ids), losses[last[0] : done].to("cpu", copy=True),
-                                                   state["per_layer"].to("cpu", copy=True)))
-                if bar is not None:
-                    bar.update((done - last[0]) * g_count)
+                if run.callback is not None:
+                    emit(run.callback, DistillProgress(last[0], list(batch_ids),
+                                                       losses[last[0] : done].to("cpu", copy=True),
+                                                       state["per_layer"].to("cpu", copy=True)))
+                if run.bar is not None:
+                    run.bar.update((done - last[0]) * g_count)
                 last[0] = done
 
-        run_steps(step, iters, device, cuda_graph, after)
+        run_steps(step, iters, device, run.cuda_graph, after)
         images, per_layer = state["images"], state["per_layer"]
         return images.detach(), losses.detach(), per_layer.detach()
     finally:
@@ -253,7 +206,7 @@ def distill(
     cfg = DistillConfig(**{**(asdict(config) if config else {}), **overrides}).validate()
     if not isinstance(image_size, int) or image_size <= 0:
         raise GenieError(f"image_size must be a positive integer, got {image_size!r}")
-    if cfg.distiller != "direct" and image_size % 4 != 0:
+    if STRATEGIES[cfg.distiller].uses_generator and image_size % 4 != 0:
         raise GenieError(f"the generator needs an image size divisible by 4, got {image_size}")
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         raise GenieError(
@@ -269,7 +222,7 @@ def distill(
     wanted = list(range(cfg.num_batches)) if batches is None else sorted(set(batches))
     fingerprint = {k: v for k, v in asdict(cfg).items() if k != "concurrent_batches"}
     fingerprint.update(model=model_fingerprint(model), image_size=image_size)
-    checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
+    checkpoints = Checkpoints(checkpoint_dir, fingerprint)
     done = {}
     for b in wanted:
         record = checkpoints.load(b)
@@ -280,13 +233,11 @@ def distill(
     bar = tqdm(total=cfg.total_iters * len(todo), desc="distill", unit="it", disable=not progress)
     t_start = time.perf_counter()
     layer_names = [n for n, m in work.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    run = _DistillRun(work, cfg, image_size, device, callback, bar, report_every, snapshot_at, cuda_graph)
     try:
         for chunk in _chunks(todo, sizes, max(1, per_chunk)):
             t0 = time.perf_counter()
-            images, losses, per_layer = _distill_chunk(
-                work, chunk, sizes[chunk[0]], cfg, image_size, device, callback, bar, report_every, snapshot_at,
-                cuda_graph,
-            )
+            images, losses, per_layer = _distill_chunk(run, chunk, sizes[chunk[0]])
             seconds = time.perf_counter() - t0
             n = sizes[chunk[0]]
             images = images.cpu()

@@ -20,7 +20,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from ..data import model_device
+from ..devices import model_device
 from ..errors import GenieError
 from ..files import check_output_file, write_atomically
 from ..quant.bn_fold import bn_factor

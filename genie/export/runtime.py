@@ -10,7 +10,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..data import model_device
+from ..devices import model_device
 from ..errors import GenieError
 from .graph import require_onnx
 from .onnx_export import INPUT_NAME

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..quant.blocks import BlockParts, register_block
+
 
 class ZeroPadShortcut(nn.Module):
     """Option-A shortcut: spatial subsampling by ``stride`` and zero channel padding."""
@@ -44,6 +46,14 @@ class CifarBasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
+
+
+def _cifar_basic_parts(block: CifarBasicBlock) -> BlockParts:
+    """The block as GENIE-M reconstructs it: ``relu(main(x) + shortcut(x))``."""
+    return BlockParts([block.conv1, block.bn1, block.relu, block.conv2, block.bn2], block.shortcut, block.relu)
+
+
+register_block(CifarBasicBlock, _cifar_basic_parts)
 
 
 class CifarResNet(nn.Module):

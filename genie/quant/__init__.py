@@ -1,6 +1,6 @@
 """GENIE-M: quantizers, quantized-model builder, block reconstruction, save/load."""
 from .act_quantizer import ActQuantizer
-from .blocks import BlockParts, QuantBlock, default_block_table
+from .blocks import BlockParts, QuantBlock, default_block_table, register_block
 from .bn_fold import fold_batchnorm
 from .layers import QuantLayer
 from .qmodel import QuantConfig, QuantizedModel, prepare_fp_model, quantize_model
@@ -23,6 +23,7 @@ __all__ = [
     "prepare_fp_model",
     "quantize_model",
     "reconstruct",
+    "register_block",
     "search_act_scale",
     "search_weight_scale",
 ]

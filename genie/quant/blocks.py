@@ -7,18 +7,22 @@ first, the residual add, and an optional activation after it. The block's output
 whatever consumes it next.
 
 To support another block type, add an entry ``{MyBlock: my_parts_fn}`` (see :class:`BlockParts`)
-through the ``blocks`` argument of :func:`genie.quant.quantize_model`.
+through the ``blocks`` argument of :func:`genie.quant.quantize_model`, or register it once with
+:func:`register_block` (the model zoo registers its CIFAR block that way, so this package never
+imports the zoo).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from ..models.cifar_resnet import CifarBasicBlock
 from .act_quantizer import ActQuantizer
+
+# block types registered by the code that defines them (register_block)
+_REGISTERED: dict = {}
 
 
 @dataclass
@@ -45,10 +49,6 @@ def flatten_sequential(modules) -> list:
     return flat
 
 
-def _cifar_basic(block: CifarBasicBlock) -> BlockParts:
-    return BlockParts([block.conv1, block.bn1, block.relu, block.conv2, block.bn2], block.shortcut, block.relu)
-
-
 def _tv_basic(block) -> BlockParts:
     shortcut = block.downsample if block.downsample is not None else nn.Identity()
     return BlockParts([block.conv1, block.bn1, block.relu, block.conv2, block.bn2], shortcut, block.relu)
@@ -73,12 +73,18 @@ def _tv_regnet_bottleneck(block) -> BlockParts:
     return BlockParts(flatten_sequential(block.f.children()), shortcut, block.activation)
 
 
+def register_block(block_type: type, parts) -> None:
+    """Make every later :func:`genie.quant.quantize_model` treat ``block_type`` modules as one
+    reconstruction unit; ``parts(block) -> BlockParts`` says how the block computes."""
+    _REGISTERED[block_type] = parts
+
+
 def default_block_table() -> dict:
-    """``{block type: parts function}`` for the project's CIFAR block and torchvision's blocks."""
+    """``{block type: parts function}`` for torchvision's blocks and every registered block type."""
     from torchvision.models import mnasnet, mobilenetv2, regnet, resnet
 
     return {
-        CifarBasicBlock: _cifar_basic,
+        **_REGISTERED,
         resnet.BasicBlock: _tv_basic,
         resnet.Bottleneck: _tv_bottleneck,
         mobilenetv2.InvertedResidual: _tv_inverted_residual,
@@ -127,7 +133,3 @@ class QuantBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"from {self.source_type}"
-
-
-BlockTable = dict  # {type: Callable[[nn.Module], BlockParts]}
-PartsFn = Callable[[nn.Module], BlockParts]

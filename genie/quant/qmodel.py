@@ -157,27 +157,37 @@ def _transform(module: nn.Module, table: dict, method: str, prefix: str, units: 
 
 class QuantizedModel(nn.Module):
     """A fake-quantized copy of a CNN (``net``), its :class:`QuantConfig` and its reconstruction
-    units (in execution order). Keeps the FP teacher (BN folded like the student) for
-    reconstruction; it is not part of ``state_dict``."""
+    units (in execution order).
+
+    ``teacher``: the FP model it was built from, prepared the same way
+    (``prepare_fp_model(model, config.fold_bn)``: BatchNorm folded like the student), which
+    :func:`genie.quant.reconstruct` matches unit outputs against when it is given no other; or
+    ``None`` (a loaded model, or after :meth:`release_teacher`). It is a plain attribute, not a
+    submodule: it is not in ``state_dict()`` (so :func:`genie.quant.save_quantized` never writes
+    it), nor moved by ``.to()``, nor listed by ``modules()``.
+    """
 
     def __init__(self, net: nn.Module, config: QuantConfig, unit_names: list, teacher: Optional[nn.Module]):
         super().__init__()
         self.net = net
         self.config = config
         self.unit_names = list(unit_names)
-        self._teacher = [teacher]  # a list hides it from state_dict() and .to()
+        self.teacher: Optional[nn.Module] = teacher
         self.arch: Optional[str] = None  # zoo name, when built from the zoo (for save/load)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "teacher":
+            # nn.Module would register a module value as a submodule (state_dict, .to(), modules())
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    @property
-    def teacher(self) -> Optional[nn.Module]:
-        return self._teacher[0]
-
     def release_teacher(self) -> None:
         """Drop the FP teacher (after reconstruction) to free its memory."""
-        self._teacher[0] = None
+        self.teacher = None
 
     def units(self) -> list:
         """``[(name, module)]`` of the reconstruction units, in execution order."""

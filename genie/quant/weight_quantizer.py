@@ -10,6 +10,18 @@
 
 After reconstruction :meth:`WeightQuantizer.finalize` hard-rounds (``V >= 0`` -> +1) and keeps
 only integer weights (uint8), per-channel scale and zero point: ``W_q = s * (W_int - z)``.
+
+A quantizer's :attr:`~WeightQuantizer.state` says which tensors it holds and how it computes W_q:
+
+* ``"unset"``   - just made: no step size yet (:meth:`~WeightQuantizer.setup` not called);
+* ``"nearest"`` - ``scale``, ``zero_point``: the FP weight rounded to nearest (method ``nearest``);
+* ``"soft"``    - also ``base`` and ``softbits``: W_q from the soft offset h(V) (training);
+* ``"hard"``    - the same tensors, W_q from the hard rounding ``V >= 0`` (evaluation);
+* ``"integer"`` - only ``w_int`` (uint8), ``scale``, ``zero_point`` (finalized, or loaded).
+
+Transitions: ``unset -> nearest | soft`` (:meth:`setup`), ``soft <-> hard``
+(:meth:`set_soft`), ``nearest | soft | hard -> integer`` (:meth:`finalize`) and
+``unset -> integer`` (:meth:`integer_placeholders`, to load a saved model into).
 """
 from __future__ import annotations
 
@@ -20,6 +32,7 @@ from .fake_quant import inverse_rectified_sigmoid, rectified_sigmoid
 from .step_size import DEFAULT_P, quantize_asymmetric, search_weight_scale
 
 WEIGHT_METHODS = ("genie", "adaround", "nearest")
+WEIGHT_STATES = ("unset", "nearest", "soft", "hard", "integer")
 
 
 class WeightQuantizer(nn.Module):
@@ -32,11 +45,38 @@ class WeightQuantizer(nn.Module):
         self.method = method
         self.bits = 8
         self.enabled = True  # False: pass the FP weight through
-        self.soft = True  # adaround/genie: soft h(V) (True) or hard rounding V >= 0 (False)
-        self.is_integer = False
         self.symmetric = False  # zero point fixed at 2^(bits-1): a signed weight with zero point 0
+        self._state = "unset"  # one of WEIGHT_STATES (module docstring); changed only by the methods below
+
+    @property
+    def state(self) -> str:
+        """``"unset"``, ``"nearest"``, ``"soft"``, ``"hard"`` or ``"integer"`` (module docstring)."""
+        return self._state
+
+    @property
+    def has_softbits(self) -> bool:
+        """Whether the quantizer holds learnable rounding (``softbits`` and ``base``): adaround or
+        genie, set up and not yet finalized."""
+        return self._state in ("soft", "hard")
+
+    @property
+    def soft(self) -> bool:
+        """Whether W_q uses the soft offset h(V) (state ``"soft"``)."""
+        return self._state == "soft"
+
+    @property
+    def is_integer(self) -> bool:
+        """Whether only integer weights, scale and zero point remain (state ``"integer"``)."""
+        return self._state == "integer"
+
+    def set_soft(self, soft: bool) -> None:
+        """Switch between soft rounding h(V) (training) and hard rounding ``V >= 0``."""
+        if not self.has_softbits:
+            raise RuntimeError(f"a {self._state!r} weight quantizer has no softbits to round softly or hard")
+        self._state = "soft" if soft else "hard"
 
     def get_extra_state(self):
+        # the keys saved models have always had: only the integer state is ever saved
         return {"method": self.method, "bits": self.bits, "enabled": self.enabled, "is_integer": self.is_integer,
                 "symmetric": self.symmetric}
 
@@ -55,7 +95,10 @@ class WeightQuantizer(nn.Module):
     @torch.no_grad()
     def setup(self, weight: torch.Tensor, bits: int, p: float = DEFAULT_P, symmetric: bool = False) -> None:
         """Search the step size (Eq. 16, norm ``p``) and initialise softbits so h(V) = frac(W/s).
-        ``symmetric``: zero point fixed at ``2^(bits-1)`` (see :func:`search_weight_scale`)."""
+        ``symmetric``: zero point fixed at ``2^(bits-1)`` (see :func:`search_weight_scale`).
+        State: ``"nearest"`` (method nearest), else ``"soft"`` (``"hard"`` stays hard when set up again)."""
+        if self._state == "integer":
+            raise RuntimeError("setup() of a weight quantizer that is already 'integer' (no FP weight left to round)")
         self.bits = bits
         self.symmetric = symmetric
         scale, zero_point = search_weight_scale(weight, bits, p, symmetric=symmetric)
@@ -68,15 +111,21 @@ class WeightQuantizer(nn.Module):
             frac = (weight / scale - base).clamp(0.0, 1.0 - 1e-6)
             self.register_buffer("base", base)
             self.softbits = nn.Parameter(inverse_rectified_sigmoid(frac))
+            self._state = "hard" if self._state == "hard" else "soft"
+        else:
+            self._state = "nearest"
 
     def integer_placeholders(self, weight_shape, bits: int, device=None) -> None:
-        """Empty integer-form buffers of the right shapes, to load a saved quantized model into."""
+        """Empty integer-form buffers of the right shapes, to load a saved quantized model into.
+        State: ``"unset"`` -> ``"integer"``."""
+        if self._state != "unset":
+            raise RuntimeError(f"integer_placeholders() of a weight quantizer that is already {self._state!r}")
         self.bits = bits
         shape = (weight_shape[0],) + (1,) * (len(weight_shape) - 1)
         self.register_buffer("scale", torch.ones(shape, device=device))
         self.register_buffer("zero_point", torch.zeros(shape, device=device))
         self.register_buffer("w_int", torch.zeros(weight_shape, dtype=torch.uint8, device=device))
-        self.is_integer = True
+        self._state = "integer"
 
     def soft_offset(self) -> torch.Tensor:
         """h(V), the soft rounding offset in [0, 1] (adaround/genie)."""
@@ -86,11 +135,17 @@ class WeightQuantizer(nn.Module):
         """Eq. 15's ``sum(1 - |2 h(V) - 1|^beta)``: 0 when every softbit is 0 or 1."""
         return (1.0 - (2.0 * self.soft_offset() - 1.0).abs().pow(beta)).sum()
 
+    def _require_set_up(self) -> None:
+        if self._state == "unset":
+            raise RuntimeError("the weight quantizer is not set up: call setup() (or integer_placeholders()) first")
+
     def integer_weight(self, weight: torch.Tensor = None) -> torch.Tensor:
-        """Hard-rounded integer weights in ``[0, 2^bits - 1]`` (float tensor)."""
-        if self.is_integer:
+        """Hard-rounded integer weights in ``[0, 2^bits - 1]`` (float tensor); ``weight``: the FP
+        weight (unused once integer)."""
+        self._require_set_up()
+        if self._state == "integer":
             return self.w_int.to(self.scale.dtype)
-        if self.method == "nearest":
+        if self._state == "nearest":
             return torch.clamp(torch.round(weight / self.scale) + self.zero_point, 0, self.qmax)
         hard = (self.softbits >= 0).to(self.base.dtype)
         return torch.clamp(self.base + hard + self.zero_point, 0, self.qmax)
@@ -98,28 +153,27 @@ class WeightQuantizer(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
-        if self.is_integer or self.method == "nearest" or not self.soft:
-            if self.method == "nearest" and not self.is_integer:
-                return quantize_asymmetric(weight, self.scale, self.zero_point, self.bits)
-            return (self.integer_weight(weight) - self.zero_point) * self.scale
-        w_int = torch.clamp(self.base + self.soft_offset() + self.zero_point, 0, self.qmax)
-        return (w_int - self.zero_point) * self.scale
+        if self._state == "soft":
+            w_int = torch.clamp(self.base + self.soft_offset() + self.zero_point, 0, self.qmax)
+            return (w_int - self.zero_point) * self.scale
+        if self._state == "nearest":
+            return quantize_asymmetric(weight, self.scale, self.zero_point, self.bits)
+        return (self.integer_weight(weight) - self.zero_point) * self.scale  # hard or integer
 
     @torch.no_grad()
     def finalize(self, weight: torch.Tensor) -> None:
-        """Hard-round and keep only ``w_int`` (uint8), ``scale`` and ``zero_point``."""
-        if self.is_integer:
+        """Hard-round and keep only ``w_int`` (uint8), ``scale`` and ``zero_point``: state
+        ``"integer"`` (nothing to do when already there)."""
+        if self._state == "integer":
             return
         w_int = self.integer_weight(weight).to(torch.uint8)
         scale = self.scale.detach().clone()
-        for name in ("scale", "softbits", "base"):
-            if hasattr(self, name):
-                delattr(self, name)
+        del self.scale  # a Parameter (or a frozen one); it comes back as a buffer
+        if self.has_softbits:
+            del self.softbits, self.base
         self.register_buffer("scale", scale)
         self.register_buffer("w_int", w_int)
-        self.is_integer = True
-        self.soft = False
+        self._state = "integer"
 
     def extra_repr(self) -> str:
-        form = "integer" if self.is_integer else ("soft" if self.soft else "hard")
-        return f"{self.method}, {self.bits} bits, {form}" + ("" if self.enabled else ", off")
+        return f"{self.method}, {self.bits} bits, {self._state}" + ("" if self.enabled else ", off")

@@ -1,0 +1,42 @@
+"""Devices: which one a model lives on, which one a run uses, and its human-readable name.
+
+A leaf module (torch only), so the algorithms (``genie.quant``, ``genie.distill``) and the
+front ends (CLI, notebooks, benchmarks) share one definition.
+"""
+from __future__ import annotations
+
+import platform
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import GenieError
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model without any)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` means CUDA when available, else the CPU. A
+    :class:`GenieError` for an unknown name or a CUDA device on a machine without one."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GenieError(f"unknown device {device!r}; use cuda, cuda:N or cpu") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise GenieError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of a device (GPU model, or CPU and thread count)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"

@@ -1,0 +1,114 @@
+"""Primitives of block reconstruction (GENIE-M), apart from the solver that uses them
+(:mod:`genie.quant.reconstruction`): capturing a unit's inputs and outputs, the activation
+step-size search, the reconstruction error and loss, the batch schedule, soft/hard rounding and
+the CPU memory layout of the calibration images."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import GenieError
+from .act_quantizer import ActQuantizer
+from .layers import QuantLayer
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture(model: nn.Module, module: nn.Module, images: torch.Tensor, chunk: int, with_output: bool):
+    """Inputs (and outputs) of ``module`` when ``model`` runs on ``images``, stopping the forward
+    pass there. Returns ``(inputs, outputs or None)``, each ``(N, ...)``."""
+    inputs, outputs = [], []
+
+    def grab(mod, args, *out):
+        if len(args) != 1 or not torch.is_tensor(args[0]):
+            raise GenieError(f"unit {type(mod).__name__} must take exactly one tensor input")
+        inputs.append(args[0].detach())
+        if out:
+            outputs.append(out[0].detach())
+        raise _StopForward
+
+    handle = module.register_forward_hook(grab) if with_output else module.register_forward_pre_hook(grab)
+    try:
+        for part in images.split(chunk):
+            try:
+                model(part)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(inputs), (torch.cat(outputs) if with_output else None)
+
+
+@torch.no_grad()
+def init_activations(unit: nn.Module, q_in: torch.Tensor, chunk: int, p: float) -> None:
+    """Step-size search for the unit's activation quantizers, one after another in forward order
+    (earlier ones already quantizing), over all calibration images."""
+    for q in [m for m in unit.modules() if isinstance(m, ActQuantizer) and m.enabled and not m.initialized]:
+        q.begin_observe(p)
+        for part in q_in.split(chunk):
+            unit(part)
+        q.next_observe_pass()
+        for part in q_in.split(chunk):
+            unit(part)
+        q.end_observe()
+
+
+@torch.no_grad()
+def unit_error(unit: nn.Module, q_in: torch.Tensor, fp_out: torch.Tensor, chunk: int) -> float:
+    total = torch.zeros((), dtype=torch.float64, device=q_in.device)
+    for x, y in zip(q_in.split(chunk), fp_out.split(chunk)):
+        total += reconstruction_error(unit(x), y).sum(dtype=torch.float64)
+    return total.item() / len(q_in)
+
+
+def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image ``||z - z_q||^2`` summed over channels, averaged over spatial positions: ``(N,)``."""
+    err = (output - target).pow(2).sum(1)
+    return err.flatten(1).mean(1) if err.dim() > 1 else err
+
+
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``reconstruction_error(output, target).mean()`` as one fused op: the mean squared error
+    over all elements times the channel count."""
+    return F.mse_loss(output, target) * output.shape[1]
+
+
+def batch_indices(num: int, iters: int, batch: int, generator: torch.Generator, device) -> torch.Tensor:
+    """``(iters, batch)`` image indices: consecutive random permutations of ``range(num)``, so
+    every image is used equally often and no count has to divide another."""
+    perms = -(-iters * batch // num)
+    keys = torch.rand(perms, num, generator=generator, device=device)
+    return keys.argsort(dim=1).flatten()[: iters * batch].view(iters, batch)
+
+
+def set_soft_rounding(unit: nn.Module, soft: bool) -> None:
+    """Soft rounding h(V) (training) or hard rounding ``V >= 0`` for every weight quantizer with
+    softbits below ``unit`` (the others round one way only)."""
+    for m in unit.modules():
+        if isinstance(m, QuantLayer) and m.weight_quant.has_softbits:
+            m.weight_quant.set_soft(soft)
+
+
+def _accepts_channels_last(model: nn.Module, sample: torch.Tensor) -> bool:
+    """Whether ``model`` runs on a channels-last input. A forward that calls ``x.view(n, -1)``
+    on a channels-last activation raises; such a model keeps the default layout (slower on CPUs,
+    same result)."""
+    try:
+        with torch.no_grad():
+            model(sample.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        return False
+    return True
+
+
+def images_on(device: torch.device, images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``images`` on ``device``; on CPUs in channels-last layout (oneDNN convolutions run about
+    twice as fast) unless ``model`` cannot take it."""
+    images = images.to(device)
+    if device.type == "cpu" and _accepts_channels_last(model, images[:1]):
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images

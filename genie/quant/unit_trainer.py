@@ -1,0 +1,124 @@
+"""The optimisation of one reconstruction unit (GENIE-M): its parameter groups and the training
+step whose state (iteration counter, schedules, loss record, batch indices) lives on the device,
+so eager execution and CUDA-graph replay run the same code."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from ..optim import DeviceAdam
+from .act_quantizer import ActQuantizer
+from .fake_quant import bernoulli_mask, mask_as
+from .layers import QuantLayer
+from .recon_primitives import batch_indices, reconstruction_loss
+
+if TYPE_CHECKING:  # only for annotations: the solver imports this module
+    from .reconstruction import ReconConfig, _Run, _Unit
+
+
+@dataclass
+class ParamGroup:
+    """Tensors trained with one learning rate and schedule.
+
+    ``schedule``: ``"constant"`` or ``"cosine"`` (annealed from ``lr`` to 0 over the iterations).
+    ``floor``: if set, every tensor is kept ``>=`` this fraction of its initial value (step sizes).
+    """
+
+    name: str
+    params: list
+    lr: float
+    schedule: str = "constant"
+    floor: Optional[float] = None
+
+
+def param_groups(layers: list, acts: list, method: str, cfg: ReconConfig) -> list:
+    """The trainable tensors of a unit (``layers``: its QuantLayers not yet integer, ``acts``: its
+    enabled, initialised activation quantizers), as :class:`ParamGroup` s in optimiser order:
+    softbits (adaround, genie), weight step sizes (genie only), activation step sizes."""
+    return [
+        ParamGroup("softbits", [l.weight_quant.softbits for l in layers if l.weight_quant.has_softbits],
+                   cfg.lr_softbits, "constant"),
+        ParamGroup("weight step sizes", [l.weight_quant.scale for l in layers] if method == "genie" else [],
+                   cfg.lr_weight_scale, "cosine", cfg.min_scale_ratio),
+        ParamGroup("activation step sizes", [q.scale for q in acts], cfg.lr_act_scale, "cosine", cfg.min_scale_ratio),
+    ]
+
+
+class UnitTrainer:
+    """The optimisation of one unit, as a step whose state (iteration counter, schedules, loss
+    record, batch indices) lives on the device: eager and CUDA-graph replay run the same code."""
+
+    def __init__(self, unit: _Unit, run: _Run):
+        cfg = run.cfg
+        self.module, self.fp_in, self.q_in, self.fp_out, self.cfg = unit.module, unit.fp_in, unit.q_in, unit.fp_out, cfg
+        device = unit.q_in.device
+        layers = [m for m in unit.module.modules() if isinstance(m, QuantLayer) and not m.weight_quant.is_integer]
+        self.acts = [m for m in unit.module.modules() if isinstance(m, ActQuantizer) and m.enabled and m.initialized]
+        self.groups = param_groups(layers, self.acts, run.method, cfg)
+        self.params = [p for g in self.groups for p in g.params]
+        self.rounded = [l.weight_quant for l in layers if l.weight_quant.has_softbits]  # Eq. 15's regulariser
+        # Step sizes stay above a fraction of their initial value: the learning rates are absolute,
+        # and a channel of near-zero weights (step ~1e-7) would otherwise be pushed below zero,
+        # flipping the sign of its weights.
+        self.floored = [p for g in self.groups if g.floor is not None for p in g.params]
+        self.floors = [p.detach() * g.floor for g in self.groups if g.floor is not None for p in g.params]
+        self.lam = cfg.rounding_weight(run.method)
+        self.warm = int(cfg.warmup * cfg.iters)
+        self.step_count = torch.zeros((), dtype=torch.int64, device=device)
+        self.losses = torch.zeros(cfg.iters, device=device)
+        n = len(unit.q_in)
+        self.indices = batch_indices(n, cfg.iters, min(cfg.batch_size, n), run.generator, device)
+        self.optimizer = DeviceAdam(self.params) if self.params else None
+        # on CPUs an explicit generator; on CUDA the (seeded, forked) default generator, which
+        # CUDA graphs can replay
+        self.generator = run.generator if device.type == "cpu" else None
+        for q in self.acts:
+            q.drop_prob, q.generator = cfg.drop_prob, self.generator
+        # a unit's own input quantizer mixes in the FP input itself (QDrop's input mixing)
+        entry = unit.module.input_quant
+        self.entry = entry if entry in self.acts else None
+
+    def _schedules(self):
+        """Learning rates (one per parameter), beta of Eq. 15 and the warm-up gate, on the device."""
+        t = self.step_count.to(torch.float32)
+        cosine = 0.5 * (1.0 + torch.cos(t * (math.pi / self.cfg.iters)))
+        lrs = []
+        for g in self.groups:
+            lrs += [g.lr * cosine if g.schedule == "cosine" else g.lr] * len(g.params)
+        progress = ((t - self.warm) / max(1, self.cfg.iters - self.warm)).clamp(0.0, 1.0)
+        beta = self.cfg.beta_end + (self.cfg.beta_start - self.cfg.beta_end) * (1.0 - progress)
+        gate = (t >= self.warm).to(torch.float32)  # no rounding regulariser during the warm-up
+        return lrs, beta, gate
+
+    def step(self) -> None:
+        cfg = self.cfg
+        idx = self.indices.index_select(0, self.step_count.view(1)).view(-1)
+        x = self.q_in[idx]  # advanced indexing keeps the memory format (index_select does not)
+        if cfg.drop_prob > 0.0:
+            if self.entry is not None:
+                self.entry.fp_source = self.fp_in[idx]
+            else:
+                keep = mask_as(bernoulli_mask(x, cfg.drop_prob, self.generator), x)
+                x = torch.lerp(x, self.fp_in[idx], keep)  # weights 0/1: exactly x or the FP input
+        rec = reconstruction_loss(self.module(x), self.fp_out[idx])
+        lrs, beta, gate = self._schedules()
+        loss = rec
+        if self.rounded:
+            reg = sum(q.round_regularizer(beta) for q in self.rounded)
+            loss = loss + (self.lam * gate) * reg
+        # a parameter can drop out of the graph (QDrop probability 1 leaves activations FP)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        self.optimizer.step(grads, lrs)
+        if self.floored:
+            with torch.no_grad():
+                torch._foreach_maximum_(self.floored, self.floors)
+        self.losses.index_copy_(0, self.step_count.view(1), rec.detach().view(1))
+        self.step_count += 1
+
+    def close(self) -> None:
+        for q in self.acts:
+            q.drop_prob, q.generator, q.fp_source = 0.0, None, None
