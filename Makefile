@@ -45,7 +45,7 @@ reproduce: $(STAMP)
 
 # notebooks 1-6 executed at the CPU showcase setting (genie/render.py: more images and iterations
 # than the smoke setting, still the 100 lossless test images) and committed with their figures;
-# the parameters cells keep the smoke defaults that CI runs. About 15 minutes on 2 CPU cores.
+# the parameters cells keep the smoke defaults that CI runs. About 13 minutes on 2 CPU cores.
 render: $(STAMP)
 	$(PY) -m genie.render
 

@@ -56,7 +56,6 @@ def clean_rendered(nb, params: dict, seconds: float):
             cell.metadata.pop(key, None)
     index = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
     note = nbformat.v4.new_markdown_cell(_note(params, seconds), metadata={"tags": [NOTE_TAG]})
-    note.pop("id", None)
     cells.insert(index + 1, note)
     nb.cells = cells
     nb.metadata.pop("papermill", None)

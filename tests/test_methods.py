@@ -1,5 +1,6 @@
 """The paper's Table 2 method list (genie.methods) and the defaults written once."""
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,9 @@ def test_run_defaults_are_the_solvers_defaults():
     assert (args.distiller, args.swing, args.distill_iters, args.distill_batch) == (
         dist.distiller, dist.swing, dist.iters, dist.batch_size)
     assert build_parser().parse_args(["distill", "--out", "x.pt"]).samples == dist.num_images
+
+
+def test_the_readme_lists_table2_as_defined():
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    for method in TABLE2:
+        assert f"{method} `{cli_flags(method)}`" in readme, f"README: {method} differs from genie.methods.TABLE2"

@@ -123,6 +123,16 @@ def test_rendered_outputs_stay_small():
     assert total < 5_000_000, f"the notebooks take {total / 1e6:.1f} MB with their outputs (limit 5 MB)"
 
 
+def test_results_are_written_as_the_one_record(notebook):
+    """Every notebook writes its result.json through genie.record.write_record, which validates
+    the record before writing (so each nbval run checks it); the quickstart's is read back below."""
+    path, nb = notebook
+    source = "\n".join(c.source for c in _code(nb))
+    assert re.search(r"write_record\(.*\"result\.json\", record\)", source), f"{path.name}: no write_record of result.json"
+    assert "RunRecord(" in source and f'producer="{path.stem}"' in source
+    assert "json.dump" not in source and "write_json" not in source, f"{path.name} writes JSON of its own"
+
+
 def test_readme_has_a_section_per_notebook():
     readme = (ROOT / "README.md").read_text()
     assert "\n## Notebooks\n" in readme
