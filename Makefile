@@ -12,7 +12,7 @@ GENIE_ASSETS ?= $(abspath ../shared/assets)
 endif
 export GENIE_ASSETS
 
-.PHONY: demo test install clean reproduce bench render
+.PHONY: demo test install clean reproduce bench render gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ reproduce: $(STAMP)
 # the parameters cells keep the smoke defaults that CI runs. About 13 minutes on 2 CPU cores.
 render: $(STAMP)
 	$(PY) -m genie.render
+
+# the GPU check (benchmarks/gpu_check.py): at most about 8 minutes on one H100/H200, with the system
+# Python (torch, torchvision, numpy only); see benchmarks/RESULTS.md for the device command
+gpu-check:
+	PYTHONPATH=. $(PYTHON) benchmarks/gpu_check.py
 
 # GPU benchmarks at the paper's full setting (see benchmarks/RESULTS.md); writes benchmarks/_out/
 bench: $(STAMP)

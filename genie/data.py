@@ -18,6 +18,7 @@ from torch import nn
 from .assets import OFFLINE_ENV, RemoteFile, asset_dir, cache_dir, fetch, offline
 from .devices import model_device
 from .errors import AssetError, GenieError
+from .progress import progress_iter
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -204,8 +205,6 @@ def evaluate(
     ``data`` is a :class:`LabeledImages`, an ``(images, labels)`` pair of tensors, or a dataset /
     iterable of ``(images, labels)`` batches. Runs on the model's device, in eval mode.
     """
-    from tqdm.auto import tqdm
-
     device = model_device(model)
     if batch_size is None:
         batch_size = 1000 if device.type == "cuda" else 100  # small batches stay in CPU caches
@@ -232,7 +231,7 @@ def evaluate(
     # labels outside 0..classes-1 would count as misses: counted on the device, checked at the end
     out_of_range = torch.zeros((), dtype=torch.int64, device=device)
     count, classes = 0, None
-    for x, y in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+    for x, y in progress_iter(batches, total, desc, show=progress):
         if len(y) != len(x):
             raise GenieError(f"evaluate() got a batch of {len(x)} images with {len(y)} labels")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -24,6 +24,7 @@ from ..errors import GenieError
 from ..events import BatchDone, Callback, DistillProgress, DistillSnapshot, emit
 from ..finite import require_finite_losses, require_finite_model
 from ..graphs import run_steps
+from ..progress import progress_bar
 from ..optim import DeviceAdam
 from ..seeding import cpu_generator, derive_seed
 from .bns import BNStatsLoss, input_stats_loss
@@ -201,8 +202,6 @@ def distill(
     rerun skips them. ``batches``: run only these batch indices (used to shard across processes).
     ``cuda_graph``: on a GPU, replay the distillation step as a captured CUDA graph.
     """
-    from tqdm.auto import tqdm
-
     cfg = DistillConfig(**{**(asdict(config) if config else {}), **overrides}).validate()
     if not isinstance(image_size, int) or image_size <= 0:
         raise GenieError(f"image_size must be a positive integer, got {image_size!r}")
@@ -230,7 +229,7 @@ def distill(
             done[b] = record
     todo = [b for b in wanted if b not in done]
     per_chunk = cfg.concurrent_batches or (len(todo) if device.type == "cuda" else 1)
-    bar = tqdm(total=cfg.total_iters * len(todo), desc="distill", unit="it", disable=not progress)
+    bar = progress_bar(cfg.total_iters * len(todo), "distill", show=progress)
     t_start = time.perf_counter()
     layer_names = [n for n, m in work.named_modules() if isinstance(m, nn.BatchNorm2d)]
     run = _DistillRun(work, cfg, image_size, device, callback, bar, report_every, snapshot_at, cuda_graph)

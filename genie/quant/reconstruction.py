@@ -33,6 +33,7 @@ from ..errors import GenieError
 from ..events import Callback, UnitEnd, UnitProgress, UnitStart, emit
 from ..finite import NonFiniteError, first_nonfinite, require_finite_losses
 from ..graphs import run_steps
+from ..progress import progress_bar
 from .bias import snap_biases
 from .blocks import QuantBlock
 from .layers import QuantLayer
@@ -273,8 +274,6 @@ def reconstruct(
     Events (:class:`UnitStart`, :class:`UnitProgress`, :class:`UnitEnd`) go to ``callback``.
     ``cuda_graph``: on a GPU, replay each unit's training step as a captured CUDA graph.
     """
-    from tqdm.auto import tqdm
-
     cfg = ReconConfig(**{**(config.__dict__ if config else {}), **overrides}).validate()
     teacher = _resolve_teacher(qmodel, teacher)
     check_calibration_images(teacher, images)
@@ -286,8 +285,7 @@ def reconstruct(
     units = qmodel.units()
     reports, t_start = [], time.perf_counter()
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=cfg.iters * len(units), desc="reconstruct", disable=not progress,
-                                       unit="it"))
+        bar = stack.enter_context(progress_bar(cfg.iters * len(units), "reconstruct", show=progress))
         if device.type == "cuda":
             # QDrop masks come from the default CUDA generator (CUDA graphs can replay it),
             # seeded here; its previous state is restored afterwards
