@@ -4,7 +4,6 @@ Used by the command line (``python -m genie run``), the benchmarks and the noteb
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from contextlib import nullcontext
@@ -81,10 +80,6 @@ class RunConfig:
             seed=self.seed,
         )
 
-    def resolved_device(self) -> torch.device:
-        """The run's device (:func:`genie.devices.resolve_device` of ``device``)."""
-        return resolve_device(self.device)
-
 
 def test_data(spec, cfg: RunConfig) -> LabeledImages:
     """The evaluation set for a zoo model."""
@@ -118,9 +113,6 @@ class RunResult:
         """``values`` as a :class:`genie.record.RunRecord`; the keys that are no record field
         (``setting``, ``fold_bn``, top-5, ``units``, ...) go to its ``extra``."""
         return RunRecord.from_values(producer, self.values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.record().to_dict(), indent=2)
 
     def table(self) -> str:
         v = self.values
@@ -266,7 +258,7 @@ def run(cfg: RunConfig, callback: Callback = None, report: Optional[Callable[["R
     is locked: a second run into the same folder stops at once with a :class:`GenieError`.
     """
     t_start = time.perf_counter()
-    device = cfg.resolved_device()
+    device = resolve_device(cfg.device)
     spec = model_spec(cfg.model)
     recon_cfg = check_config(cfg, spec)
     preloaded = load_calibration_file(cfg, spec) if cfg.calib_file else None

@@ -50,3 +50,16 @@ def calib64(cifar_spec):
     from genie.data import cifar10_calibration
 
     return cifar10_calibration(64, cifar_spec.mean, cifar_spec.std, seed=0).images
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Loading a model fails the test: what it checks must come before any model is loaded."""
+    import genie.models
+    import genie.pipeline
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the check that should have stopped the command")
+
+    monkeypatch.setattr(genie.pipeline, "load_model", load_model)
+    monkeypatch.setattr(genie.models, "load_model", load_model)

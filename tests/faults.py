@@ -9,6 +9,17 @@ from torch import nn
 QUICK_RUN = ["run", "--device", "cpu", "--recon-iters", "0", "--test-source", "lossless100", "--no-progress"]
 
 
+def cli_error(argv, capsys, prog: str = "genie") -> str:
+    """Run the command line on ``argv``: it must exit 2 with exactly one line ``prog: error: ...``
+    and no traceback; returns that line."""
+    from genie.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
 class TinyBN(nn.Module):
     """Two conv + BN layers and a classifier, with non-trivial BN statistics."""
 

@@ -6,24 +6,14 @@ from pathlib import Path
 
 import pytest
 
-import genie.pipeline
-from genie.cli import main
 from genie.errors import GenieError
 from genie.files import folder_lock
 from genie.sweep import sweep
 
-from faults import QUICK_RUN
+from faults import QUICK_RUN, cli_error
 
 HOLD = "import sys, time; from genie.files import folder_lock\n" \
        "with folder_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(120)"
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def load_model(*args, **kwargs):
-        raise AssertionError("the second run got as far as loading its model")
-
-    monkeypatch.setattr(genie.pipeline, "load_model", load_model)
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys, no_model_loading):
@@ -31,8 +21,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys, no_model_l
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert main(QUICK_RUN + ["--samples", "16", "--out", str(out)]) == 2
-        err = capsys.readouterr().err
+        err = cli_error(QUICK_RUN + ["--samples", "16", "--out", str(out)], capsys)
         assert f"--out {out}: another genie run is writing into this folder" in err
     finally:
         holder.kill()  # as SIGKILL would: the system releases the lock

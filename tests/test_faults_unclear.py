@@ -10,14 +10,7 @@ from genie.errors import AssetError, GenieError
 from genie.quant import quantize_model, reconstruct
 from genie.sweep import notebook_parameters
 
-from faults import QUICK_RUN, tiny_bn
-
-
-def _cli_error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("genie") and ": error: " in err and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+from faults import QUICK_RUN, cli_error, tiny_bn
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +22,12 @@ def api_set(tmp_path_factory):
 
 
 def test_calib_file_without_synthetic_data(tmp_path, capsys):
-    err = _cli_error(QUICK_RUN + ["--calib-file", str(tmp_path / "set.pt")], capsys)
+    err = cli_error(QUICK_RUN + ["--calib-file", str(tmp_path / "set.pt")], capsys)
     assert f"--calib-file {tmp_path / 'set.pt'} is a distilled set, used only with --data synthetic" in err
 
 
 def test_a_set_of_another_image_size(api_set, capsys):
-    err = _cli_error(QUICK_RUN + ["--data", "synthetic", "--calib-file", str(api_set)], capsys)
+    err = cli_error(QUICK_RUN + ["--data", "synthetic", "--calib-file", str(api_set)], capsys)
     assert "holds images of shape (3, 8, 8), but resnet20_cifar10 takes 32x32 pixels" in err
 
 
@@ -44,7 +37,7 @@ def test_an_api_set_from_another_model_is_refused(resnet20, tmp_path, capsys):
     other = load_model("resnet56_cifar10")
     path = tmp_path / "other.pt"
     distill(other, 32, num_images=4, batch_size=4, iters=1, progress=False).save(path)
-    err = _cli_error(QUICK_RUN + ["--data", "synthetic", "--calib-file", str(path)], capsys)
+    err = cli_error(QUICK_RUN + ["--data", "synthetic", "--calib-file", str(path)], capsys)
     assert "was distilled from another model than resnet20_cifar10 (its BatchNorm statistics differ)" in err
     # the same set, distilled from resnet20 through the API, is accepted
     distill(resnet20, 32, num_images=4, batch_size=4, iters=1, progress=False).save(path)
@@ -55,7 +48,7 @@ def test_an_api_set_from_another_model_is_refused(resnet20, tmp_path, capsys):
 def test_unreadable_calib_file_names_the_file(api_set, tmp_path, capsys, content):
     path = tmp_path / "bad.pt"
     path.write_bytes(api_set.read_bytes()[:200] if content == "truncated" else content)
-    err = _cli_error(QUICK_RUN + ["--data", "synthetic", "--calib-file", str(path)], capsys)
+    err = cli_error(QUICK_RUN + ["--data", "synthetic", "--calib-file", str(path)], capsys)
     assert f"{path} is not a readable genie distilled set: the file is truncated, corrupt or of another kind" in err
 
 
@@ -72,13 +65,13 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
 @pytest.mark.parametrize("option,value", [("--concurrent-batches", "0"), ("--concurrent-batches", "-1"),
                                           ("--distill-batch", "0"), ("--distill-iters", "0"), ("--samples", "-3")])
 def test_non_positive_distill_options(tmp_path, capsys, option, value):
-    err = _cli_error(["distill", "--out", str(tmp_path / "s.pt"), option, value], capsys)
+    err = cli_error(["distill", "--out", str(tmp_path / "s.pt"), option, value], capsys)
     assert f"{option} must be positive (an integer >= 1), got {value}" in err
 
 
 def test_non_positive_run_options(capsys):
-    assert "--batch-size must be positive" in _cli_error(QUICK_RUN + ["--batch-size", "0"], capsys)
-    assert "--recon-iters must be an integer >= 0, got -1" in _cli_error(QUICK_RUN + ["--recon-iters", "-1"], capsys)
+    assert "--batch-size must be positive" in cli_error(QUICK_RUN + ["--batch-size", "0"], capsys)
+    assert "--recon-iters must be an integer >= 0, got -1" in cli_error(QUICK_RUN + ["--recon-iters", "-1"], capsys)
 
 
 def test_concurrent_batches_in_the_api():
@@ -127,6 +120,6 @@ def test_sweep_of_a_file_that_is_not_a_notebook(tmp_path, capsys):
     fake.write_text("hello")
     with pytest.raises(GenieError, match=r"notes\.txt is not a Jupyter notebook \(\.ipynb\)"):
         notebook_parameters(text)
-    err = _cli_error(["sweep", str(fake), "--out", str(tmp_path / "o")], capsys)
+    err = cli_error(["sweep", str(fake), "--out", str(tmp_path / "o")], capsys, prog="genie sweep")
     assert f"{fake} is not a readable Jupyter notebook (NotJSONError" in err
     assert not (tmp_path / "o").exists()

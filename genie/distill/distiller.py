@@ -70,13 +70,12 @@ class DistillConfig:
     def validate(self) -> "DistillConfig":
         if self.distiller not in DISTILLERS:
             raise GenieError(f"unknown distiller {self.distiller!r}; use one of {', '.join(DISTILLERS)}")
-        for name in ("num_images", "batch_size"):
+        for name, or_none in (("num_images", ""), ("batch_size", ""), ("concurrent_batches", " or None (automatic)")):
             value = getattr(self, name)
+            if value is None and or_none:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise GenieError(f"{name} must be a positive integer, got {value!r}")
-        batches = self.concurrent_batches
-        if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches <= 0):
-            raise GenieError(f"concurrent_batches must be a positive integer or None (automatic), got {batches!r}")
+                raise GenieError(f"{name} must be a positive integer{or_none}, got {value!r}")
         iters = self.total_iters
         if isinstance(iters, bool) or not isinstance(iters, int) or iters <= 0:
             raise GenieError(f"distillation iterations must be a positive integer, got {iters!r}")
