@@ -64,10 +64,15 @@ class ActQuantizer(nn.Module):
     def end_observe(self) -> None:
         """Set ``scale`` and ``signed`` from the search; the quantizer is then active."""
         scale, signed = self._search.result()
-        self.scale.data = scale.to(self.scale.device, self.scale.dtype)
-        self.signed = signed
-        self.initialized = True
         self._search, self._phase = None, None
+        self.initialize(scale, signed)
+
+    @torch.no_grad()
+    def initialize(self, scale: torch.Tensor, signed: bool) -> None:
+        """Set the step size (0-d tensor) and signedness found by a search; the quantizer is then active."""
+        self.scale.data = scale.to(self.scale.device, self.scale.dtype).reshape(())
+        self.signed = bool(signed)
+        self.initialized = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:

@@ -4,6 +4,8 @@ step-size search, the reconstruction error and loss, the batch schedule, soft/ha
 the CPU memory layout of the calibration images."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -11,6 +13,7 @@ from torch.nn import functional as F
 from ..errors import GenieError
 from .act_quantizer import ActQuantizer
 from .layers import QuantLayer
+from .step_size import ACT_SEARCH_SAMPLE, search_act_scale
 
 
 class _StopForward(Exception):
@@ -44,25 +47,44 @@ def capture(model: nn.Module, module: nn.Module, images: torch.Tensor, chunk: in
 
 
 @torch.no_grad()
-def init_activations(unit: nn.Module, q_in: torch.Tensor, chunk: int, p: float) -> None:
-    """Step-size search for the unit's activation quantizers, one after another in forward order
-    (earlier ones already quantizing), over all calibration images."""
+def init_activations(unit: nn.Module, q_in: torch.Tensor, chunk: int, p: float,
+                     sample: Optional[int] = ACT_SEARCH_SAMPLE, generator: Optional[torch.Generator] = None) -> None:
+    """Step-size search (Eq. 16) for the unit's activation quantizers, one after another in
+    forward order (earlier ones already quantizing), over the quantizer's inputs on all
+    calibration images (the unit's forward stops at the quantizer). ``sample``/``generator``: see
+    :func:`genie.quant.step_size.search_act_scale` (``None``: the exhaustive search)."""
     for q in [m for m in unit.modules() if isinstance(m, ActQuantizer) and m.enabled and not m.initialized]:
-        q.begin_observe(p)
-        for part in q_in.split(chunk):
-            unit(part)
-        q.next_observe_pass()
-        for part in q_in.split(chunk):
-            unit(part)
-        q.end_observe()
+        seen, _ = capture(unit, q, q_in, chunk, with_output=False)
+        q.initialize(*search_act_scale(seen, q.bits, p, sample=sample, generator=generator))
+        del seen
 
 
 @torch.no_grad()
-def unit_error(unit: nn.Module, q_in: torch.Tensor, fp_out: torch.Tensor, chunk: int) -> float:
+def unit_error(unit: nn.Module, q_in: torch.Tensor, fp_out: torch.Tensor, chunk: int,
+               keep_output: bool = False):
+    """The unit's reconstruction error on all images (mean over images of
+    :func:`reconstruction_error`). With ``keep_output``: ``(error, outputs (N, ...))``."""
     total = torch.zeros((), dtype=torch.float64, device=q_in.device)
-    for x, y in zip(q_in.split(chunk), fp_out.split(chunk)):
-        total += reconstruction_error(unit(x), y).sum(dtype=torch.float64)
-    return total.item() / len(q_in)
+    outputs = None
+    for start, (x, y) in zip(range(0, len(q_in), chunk), zip(q_in.split(chunk), fp_out.split(chunk))):
+        out = unit(x)
+        total += reconstruction_error(out, y).sum(dtype=torch.float64)
+        if keep_output:
+            outputs = store_rows(outputs, out, start, len(q_in))
+    error = total.item() / len(q_in)
+    return (error, outputs) if keep_output else error
+
+
+def store_rows(buffer: Optional[torch.Tensor], part: torch.Tensor, start: int, total: int) -> torch.Tensor:
+    """Copy ``part`` into rows ``start:`` of ``buffer`` (made on the first call: ``total`` rows,
+    ``part``'s dtype, device and memory format), which it returns."""
+    if buffer is None:
+        channels_last = part.dim() == 4 and part.is_contiguous(memory_format=torch.channels_last) \
+            and not part.is_contiguous()
+        buffer = torch.empty((total, *part.shape[1:]), dtype=part.dtype, device=part.device,
+                             memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    buffer[start:start + len(part)].copy_(part)
+    return buffer
 
 
 def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -36,11 +36,12 @@ from ..graphs import run_steps
 from ..progress import progress_bar
 from .bias import snap_biases
 from .blocks import QuantBlock
+from .capture import TeacherActivations, chained_units, student_input
 from .layers import QuantLayer
 from .qmodel import QuantizedModel, check_calibration_images
+from .step_size import ACT_SEARCH_SAMPLE
 from .recon_primitives import (
     batch_indices,
-    capture,
     images_on,
     init_activations,
     reconstruction_error,
@@ -85,6 +86,8 @@ class ReconConfig:
     min_scale_ratio: float = 0.1  # learned step sizes are kept >= this fraction of their initial value
     seed: int = 0
     chunk_size: Optional[int] = None  # images per forward when caching unit inputs
+    capture_mb: int = 2048  # teacher activations captured in one forward pass (genie.quant.capture)
+    act_search_sample: Optional[int] = ACT_SEARCH_SAMPLE  # values ranking step sizes first; None: exhaustive
 
     def rounding_weight(self, method: str) -> float:
         """lambda of Eq. 15 for weight quantizer ``method``: ``round_weight``, or by default
@@ -102,6 +105,11 @@ class ReconConfig:
             raise GenieError(f"drop_prob must be in [0, 1], got {self.drop_prob}")
         if not 0.0 <= self.warmup < 1.0:
             raise GenieError(f"warmup must be in [0, 1), got {self.warmup}")
+        if not isinstance(self.capture_mb, int) or self.capture_mb < 0:
+            raise GenieError(f"capture_mb must be an integer >= 0 (MiB), got {self.capture_mb!r}")
+        if self.act_search_sample is not None and (not isinstance(self.act_search_sample, int)
+                                                   or self.act_search_sample <= 0):
+            raise GenieError(f"act_search_sample must be a positive integer or None, got {self.act_search_sample!r}")
         return self
 
 
@@ -138,7 +146,10 @@ class _Run:
     method: str  # the weight quantizer (genie also learns the weight step sizes)
     p_norm: float  # norm of the activation step-size search (Eq. 16)
     generator: torch.Generator  # batch indices; QDrop masks on CPUs
+    search_generator: torch.Generator  # the values that rank activation step sizes
     chunk: int  # images per forward when capturing inputs and measuring errors
+    fp: TeacherActivations  # the teacher's inputs and outputs of the units
+    chained: list  # chained[k]: unit k's input is unit k-1's output (genie.quant.capture)
     callback: Callback
     bar: object  # a tqdm bar (or None): advanced as iterations finish
     report_every: int  # iterations between UnitProgress events (and finiteness checks)
@@ -163,11 +174,12 @@ class _Unit:
         return m.source_type if isinstance(m, QuantBlock) else f"{m.kind} layer"
 
 
-def _capture_unit(run: _Run, index: int, name: str, module: nn.Module) -> _Unit:
+def _capture_unit(run: _Run, index: int, name: str, module: nn.Module, previous_output) -> _Unit:
     """The unit's FP input and output (teacher) and its input in the quantized model (units
-    before it already quantized) on all calibration images."""
-    fp_in, fp_out = capture(run.teacher, run.teacher.get_submodule(name), run.images, run.chunk, with_output=True)
-    q_in, _ = capture(run.student, module, run.images, run.chunk, with_output=False)
+    before it already quantized) on all calibration images. ``previous_output``: the unit before's
+    quantized output on all images, or None."""
+    fp_in, fp_out = run.fp.take(index)
+    q_in = student_input(run.student, module, run.images, run.chunk, previous_output, run.chained[index])
     return _Unit(index, name, module, fp_in, q_in, fp_out)
 
 
@@ -226,12 +238,14 @@ def _finalize_unit(module: nn.Module) -> None:
             m.finalize()
 
 
-def _checked_error(unit: _Unit, chunk: int, when: str) -> float:
-    """The unit's reconstruction error on all images (:func:`genie.quant.recon_primitives.unit_error`). NaN or Inf stops the
-    run, naming the unit and the first non-finite tensor it holds (or its input, when it holds none)."""
-    error = unit_error(unit.module, unit.q_in, unit.fp_out, chunk)
+def _checked_error(unit: _Unit, chunk: int, when: str, keep_output: bool = False):
+    """The unit's reconstruction error on all images (:func:`genie.quant.recon_primitives.unit_error`),
+    with ``keep_output`` also its outputs. NaN or Inf stops the run, naming the unit and the first
+    non-finite tensor it holds (or its input, when it holds none)."""
+    error, outputs = unit_error(unit.module, unit.q_in, unit.fp_out, chunk, keep_output=True) if keep_output \
+        else (unit_error(unit.module, unit.q_in, unit.fp_out, chunk), None)
     if math.isfinite(error):
-        return error
+        return (error, outputs) if keep_output else error
     module = unit.module
     culprit = first_nonfinite(list(module.named_parameters()) + list(module.named_buffers()))
     raise NonFiniteError(f"unit {unit.name!r}: its quantized output is not finite {when} (error {error}): "
@@ -292,14 +306,21 @@ def reconstruct(
             stack.enter_context(torch.random.fork_rng(devices=[device]))
             torch.cuda.manual_seed(cfg.seed)
         chunk = cfg.chunk_size or (256 if device.type == "cpu" else 1024)
-        run = _Run(teacher, qmodel.net, images, cfg, qmodel.config.quantizer, qmodel.config.p_norm, generator, chunk,
-                   callback, bar, report_every, cuda_graph)
+        names = [n for n, _ in units]
+        chained = [t and s for t, s in zip(chained_units(teacher, names, images[:1]),
+                                          chained_units(qmodel.net, names, images[:1]))]
+        fp = TeacherActivations(teacher, names, images, chunk, cfg.capture_mb << 20, chained)
+        search_generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        run = _Run(teacher, qmodel.net, images, cfg, qmodel.config.quantizer, qmodel.config.p_norm, generator,
+                   search_generator, chunk, fp, chained, callback, bar, report_every, cuda_graph)
+        previous_output = None
         for index, (name, module) in enumerate(units):
             t0 = time.perf_counter()
             # 1. the unit's FP input and target (teacher) and its input in the quantized model
-            unit = _capture_unit(run, index, name, module)
+            unit = _capture_unit(run, index, name, module, previous_output)
+            previous_output = None
             # 2. step sizes of its activation quantizers (Eq. 16); error with hard-rounded weights
-            init_activations(module, unit.q_in, run.chunk, run.p_norm)
+            init_activations(module, unit.q_in, run.chunk, run.p_norm, cfg.act_search_sample, search_generator)
             set_soft_rounding(module, False)
             init_error = _checked_error(unit, run.chunk, "before training")
             emit(callback, UnitStart(index, len(units), name, unit.kind, cfg.iters, init_error))
@@ -308,8 +329,10 @@ def reconstruct(
             # 4. hard-round: integer weights only; 5. the int32 bias an integer runtime adds
             _finalize_unit(module)
             snap_biases(module)
-            # 6. report
-            final_error = _checked_error(unit, run.chunk, "after training")
+            # 6. report (the outputs are the next unit's input when it reads this unit's output)
+            keep = index + 1 < len(units) and chained[index + 1]
+            final_error, previous_output = _checked_error(unit, run.chunk, "after training", keep_output=True) \
+                if keep else (_checked_error(unit, run.chunk, "after training"), None)
             seconds = time.perf_counter() - t0
             reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses))
             emit(callback, UnitEnd(index, name, unit.kind, init_error, final_error, losses, seconds))

@@ -8,6 +8,8 @@ values, else unsigned. Ties go to the larger ratio.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 DEFAULT_P = 2.4
@@ -89,6 +91,23 @@ def search_weight_scale(weight: torch.Tensor, bits: int, p: float = DEFAULT_P, n
     return best_scale, best_zp
 
 
+def _lp_errors(values: torch.Tensor, scales: torch.Tensor, qmin: int, qmax: int, p: float,
+               out: torch.Tensor) -> None:
+    """Add ``sum |v - s * clamp(round(v / s), qmin, qmax)|^p`` over ``values`` (1-d) for every
+    step size ``s`` of ``scales`` ``(R,)`` to ``out`` ``(R,)`` float64, in slices sized to stay in
+    cache on CPUs."""
+    if values.numel() == 0:
+        return
+    scales = scales[:, None]
+    per_slice = max(1, (_ELEMENTS_PER_STEP if values.is_cuda else 1 << 20) // len(scales))
+    buf = torch.empty(len(scales), min(per_slice, values.numel()), device=values.device)
+    for part in values.split(per_slice):
+        q = buf[:, : part.numel()]
+        torch.div(part[None], scales, out=q)
+        abs_pow_(q.round_().clamp_(qmin, qmax).mul_(scales).sub_(part[None]), p)
+        out += q.sum(dim=1, dtype=torch.float64)
+
+
 class ActRangeSearch:
     """Streaming per-tensor step-size search for activations over many batches.
 
@@ -113,7 +132,8 @@ class ActRangeSearch:
     def signed(self) -> bool:
         return bool(self.lo < 0)
 
-    def _scales(self) -> torch.Tensor:
+    def scales(self) -> torch.Tensor:
+        """The candidate step sizes ``(num,)``, largest clipping ratio first (after the range pass)."""
         qmin, qmax = act_qrange(self.bits, self.signed)
         absmax = torch.maximum(self.hi.abs(), self.lo.abs()) if self.signed else self.hi.clamp(min=0)
         return (clip_ratios(self.num, absmax.device) * absmax / qmax).clamp(min=1e-8)
@@ -123,21 +143,12 @@ class ActRangeSearch:
         if self.lo is None:
             raise RuntimeError("observe_range must see the data before observe_error")
         if self.err is None:
-            self._scales_cache = self._scales()
+            self._scales_cache = self.scales()
             self._qrange = act_qrange(self.bits, self.signed)
             self.err = torch.zeros(self.num, dtype=torch.float64, device=x.device)
-        qmin, qmax = self._qrange
         flat = x.detach().reshape(-1).float()
-        flat = flat[flat != 0]  # zeros (half of a ReLU output) have no error at any step size
-        scales = self._scales_cache[:, None]
-        # all candidates of a slice of the data at once, in place, sized to stay in cache on CPUs
-        per_slice = max(1, (_ELEMENTS_PER_STEP if flat.is_cuda else 1 << 20) // self.num)
-        buf = torch.empty(self.num, min(per_slice, flat.numel()), device=flat.device)
-        for part in flat.split(per_slice):
-            q = buf[:, : part.numel()]
-            torch.div(part[None], scales, out=q)
-            abs_pow_(q.round_().clamp_(qmin, qmax).mul_(scales).sub_(part[None]), self.p)
-            self.err += q.sum(dim=1, dtype=torch.float64)
+        # zeros (half of a ReLU output) have no error at any step size
+        _lp_errors(flat[flat != 0], self._scales_cache, *self._qrange, self.p, self.err)
 
     def result(self) -> tuple:
         """``(scale, signed)``: the best scale (0-d tensor) and whether the range is signed."""
@@ -147,9 +158,63 @@ class ActRangeSearch:
         return self._scales_cache[best].clone(), self.signed
 
 
-def search_act_scale(x: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int = 100) -> tuple:
-    """Per-tensor symmetric step size of ``x`` (all values at once): ``(scale, signed)``."""
+ACT_SEARCH_SAMPLE = 1 << 16  # values that rank all candidates before the exact errors of the best few
+_REFINE_HALF_WIDTH = 1  # exact errors for the estimate's best ratio and this many either side
+
+
+def _flat_values(x: torch.Tensor) -> torch.Tensor:
+    """All values of ``x`` as float32 ``(numel,)``, in memory order (a view when ``x`` is dense in
+    any layout, e.g. channels-last: the search does not depend on the order)."""
+    x = x.detach()
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)  # a view of the same memory in its own order
+    return x.reshape(-1).float()
+
+
+def search_act_scale(x: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int = 100,
+                     sample: Optional[int] = None, generator: Optional[torch.Generator] = None) -> tuple:
+    """Per-tensor symmetric step size of ``x`` (all values at once): ``(scale, signed)``.
+
+    ``sample=None``: exact, the Lp error of every candidate over every value (``num`` passes).
+    ``sample=S``: when ``x`` has more than ``2 S`` non-zero values, the candidates are first
+    ranked by their error on ``S`` values drawn (with replacement) by ``generator``; the exact
+    error over all values is then computed for the best-ranked ratio and its two neighbours, and the
+    window widens while the exact minimum sits on its edge. The result is the exact search's
+    answer whenever the exact error has one minimum near the estimate's (the Lp error of a large
+    tensor is a smooth function of the ratio); it costs about ``num * S / n + 3`` passes instead
+    of ``num``.
+    """
     search = ActRangeSearch(bits, p, num)
-    search.observe_range(x)
-    search.observe_error(x)
-    return search.result()
+    flat = _flat_values(x)
+    search.observe_range(flat)
+    if sample is None or flat.numel() <= 2 * sample:
+        search.observe_error(flat)
+        return search.result()
+    scales = search.scales()
+    qrange = act_qrange(bits, search.signed)
+    # the estimate may draw zeros: they add nothing to any candidate's error
+    pick = torch.randint(flat.numel(), (sample,), generator=generator, device=flat.device)
+    estimate = torch.zeros(num, dtype=torch.float64, device=flat.device)
+    _lp_errors(flat[pick], scales, *qrange, p, estimate)
+    centre = int(torch.argmin(estimate))
+    values = flat[flat != 0]
+    exact = {}
+
+    def measure(lo: int, hi: int) -> None:
+        todo = [i for i in range(max(0, lo), min(num, hi)) if i not in exact]
+        if todo:
+            err = torch.zeros(len(todo), dtype=torch.float64, device=values.device)
+            _lp_errors(values, scales[todo], *qrange, p, err)
+            exact.update(zip(todo, err.tolist()))
+
+    lo, hi = centre - _REFINE_HALF_WIDTH, centre + _REFINE_HALF_WIDTH + 1
+    measure(lo, hi)
+    while True:
+        best = min(sorted(exact), key=exact.__getitem__)  # sorted: first minimum, larger ratio wins ties
+        if best == min(exact) and best > 0:
+            lo -= 2 * _REFINE_HALF_WIDTH
+        elif best == max(exact) and best < num - 1:
+            hi += 2 * _REFINE_HALF_WIDTH
+        else:
+            return scales[best].clone(), search.signed
+        measure(lo, hi)
