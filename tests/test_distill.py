@@ -291,6 +291,14 @@ def test_group_std_mean_gradient_matches_autograd():
     std, mean = GroupStdMean.apply(x)
     ref_std, ref_mean = torch.std_mean(x, dim=(1, 3, 4))
     assert torch.allclose(std, ref_std) and torch.allclose(mean, ref_mean)
+    # the channels-last path (the CPU layout): the same statistics and gradients
+    flat = (torch.randn(10, 3, 4, 4, dtype=torch.float64) * 3 + 2).contiguous(memory_format=torch.channels_last)
+    flat.requires_grad_(True)
+    grouped = flat.unflatten(0, (2, 5))
+    torch.autograd.gradcheck(GroupStdMean.apply, (grouped,))
+    std, mean = GroupStdMean.apply(grouped)
+    ref_std, ref_mean = torch.std_mean(grouped.detach().contiguous(), dim=(1, 3, 4))
+    assert torch.allclose(std, ref_std) and torch.allclose(mean, ref_mean)
 
 
 def test_load_distilled_rejects_other_files(tmp_path):
