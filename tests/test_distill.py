@@ -310,3 +310,26 @@ def test_load_distilled_rejects_other_files(tmp_path):
         load_distilled(tmp_path / "broken.pt")
     with pytest.raises(GenieError, match="no distilled set at"):
         load_distilled(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("groups,cin,cout", [(1, 6, 4), (3, 5, 3)])
+def test_upsample_conv3x3_is_upsample_then_conv(groups, cin, cout):
+    """The generator's phase-wise convolution equals nearest upsampling x2 followed by a 3x3
+    convolution (padding 1), values and gradients, in both memory layouts."""
+    import torch.nn.functional as F
+
+    from genie.distill.generator import upsample_conv3x3
+
+    g = torch.Generator().manual_seed(0)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        h = torch.randn(4, groups * cin, 5, 6, dtype=torch.float64, generator=g).contiguous(memory_format=layout)
+        w = torch.randn(groups * cout, cin, 3, 3, dtype=torch.float64, generator=g)
+        b = torch.randn(groups * cout, dtype=torch.float64, generator=g)
+        for t in (h, w, b):
+            t.requires_grad_(True)
+        want = F.conv2d(F.interpolate(h, scale_factor=2, mode="nearest"), w, b, padding=1, groups=groups)
+        got = upsample_conv3x3(h, w, b, groups)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-12)
+        up = torch.randn(want.shape, dtype=torch.float64, generator=g)
+        for a, c in zip(torch.autograd.grad(want, (h, w, b), up), torch.autograd.grad(got, (h, w, b), up)):
+            assert torch.allclose(a, c, atol=1e-10)

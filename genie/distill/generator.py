@@ -27,6 +27,33 @@ def _uniform(shape, bound, generator):
     return (torch.rand(shape, generator=generator) * 2 - 1) * bound
 
 
+def upsample_conv3x3(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    """``conv2d(interpolate(h, scale_factor=2, mode="nearest"), weight, bias, padding=1, groups=groups)``
+    without the upsampled tensor: ``h`` ``(n, C_in, H, W)`` -> ``(n, C_out, 2H, 2W)``.
+
+    Output pixel (2i + a, 2j + b) sees only input rows {i-1, i} (a = 0) or {i, i+1} (a = 1), with
+    the 3x3 kernel's rows summed to 2 (w0, w1 + w2 or w0 + w1, w2), and likewise for columns. So
+    one convolution of ``h`` with four 2x2 kernels per output channel (one per phase (a, b)) gives
+    every output pixel: 16 instead of 36 multiply-adds per pixel and channel pair, and no
+    upsampled input (CPU: the generator's step ~2x faster). Same values to float rounding.
+    """
+    n, _, height, width = h.shape
+    cout = weight.shape[0] // groups
+    w = weight
+    rows = torch.stack([torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2),
+                        torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2)])  # (2 a, C_out, C_in, 2, 3)
+    k = torch.stack([torch.stack([rows[..., 0], rows[..., 1] + rows[..., 2]], -1),
+                     torch.stack([rows[..., 0] + rows[..., 1], rows[..., 2]], -1)], 1)  # (2 a, 2 b, C_out, C_in, 2, 2)
+    # output channels grouped as (group, phase, channel) so each group's convolution stays its own
+    k = k.reshape(4, groups, cout, *k.shape[3:]).transpose(0, 1).reshape(groups * 4 * cout, *k.shape[3:])
+    b = bias.view(groups, 1, cout).expand(groups, 4, cout).reshape(-1)
+    o = F.conv2d(h, k, b, padding=1, groups=groups).view(n, groups, 2, 2, cout, height + 1, width + 1)
+    # phase (a, b) at rows a..a+H, columns b..b+W of the (H+1, W+1) output, interleaved
+    phases = torch.stack([torch.stack([o[:, :, a, c, :, a:a + height, c:c + width] for c in (0, 1)], -1)
+                          for a in (0, 1)], -3)  # (n, G, C_out, H, 2 a, W, 2 b)
+    return phases.reshape(n, groups * cout, 2 * height, 2 * width)
+
+
 class StackedGenerator(nn.Module):
     """``len(generators)`` independent generators; ``generators`` (CPU torch.Generator, one per
     batch) draw each one's initial weights (PyTorch's default Linear/Conv2d initialisation)."""
@@ -71,12 +98,12 @@ class StackedGenerator(nn.Module):
         if h.device.type == "cpu":  # oneDNN convolutions are about twice as fast channels-last on CPUs
             h = h.contiguous(memory_format=torch.channels_last)
         h = F.batch_norm(h, None, None, self.bn1_w, self.bn1_b, training=True)
-        h = F.interpolate(h, scale_factor=2, mode="nearest")
-        h = F.conv2d(h, self.conv1_w, self.conv1_b, padding=1, groups=g)
+        h = upsample_conv3x3(h, self.conv1_w, self.conv1_b, g)  # Upsample x2 -> Conv3x3
+        if h.device.type == "cpu":
+            h = h.contiguous(memory_format=torch.channels_last)
         h = F.batch_norm(h, None, None, self.bn2_w, self.bn2_b, training=True)
         h = F.leaky_relu(h, 0.2)
-        h = F.interpolate(h, scale_factor=2, mode="nearest")
-        h = F.conv2d(h, self.conv2_w, self.conv2_b, padding=1, groups=g)
+        h = upsample_conv3x3(h, self.conv2_w, self.conv2_b, g)  # Upsample x2 -> Conv3x3
         h = torch.tanh(h)
         h = F.batch_norm(h, None, None, None, None, training=True)
         s = self.image_size
