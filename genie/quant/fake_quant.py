@@ -49,9 +49,10 @@ class LSQFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, qmin: int, qmax: int, keep_fp=None, fp_value=None):
         xs = x / scale
-        q = torch.round(xs)
-        inside = (q >= qmin) & (q <= qmax)
-        q.clamp_(qmin, qmax)
+        rounded = torch.round(xs)
+        q = rounded.clamp(qmin, qmax)
+        inside = q == rounded  # one comparison instead of q >= qmin, q <= qmax and their conjunction
+        del rounded
         y = q * scale
         ds_local = None
         if ctx.needs_input_grad[1]:

@@ -99,6 +99,14 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return F.mse_loss(output, target) * output.shape[1]
 
 
+def take_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` (rows of a ``(N, ...)`` tensor), keeping a channels-last layout: selected as
+    contiguous rows of the ``(N, H, W, C)`` view, about 4x faster on CPUs than advanced indexing."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
+    return t[idx]
+
+
 def batch_indices(num: int, iters: int, batch: int, generator: torch.Generator, device) -> torch.Tensor:
     """``(iters, batch)`` image indices: consecutive random permutations of ``range(num)``, so
     every image is used equally often and no count has to divide another."""

@@ -13,7 +13,7 @@ from ..optim import DeviceAdam
 from .act_quantizer import ActQuantizer
 from .fake_quant import bernoulli_mask, mask_as
 from .layers import QuantLayer
-from .recon_primitives import batch_indices, reconstruction_loss
+from .recon_primitives import batch_indices, reconstruction_loss, take_rows
 
 if TYPE_CHECKING:  # only for annotations: the solver imports this module
     from .reconstruction import ReconConfig, _Run, _Unit
@@ -96,14 +96,14 @@ class UnitTrainer:
     def step(self) -> None:
         cfg = self.cfg
         idx = self.indices.index_select(0, self.step_count.view(1)).view(-1)
-        x = self.q_in[idx]  # advanced indexing keeps the memory format (index_select does not)
+        x = take_rows(self.q_in, idx)
         if cfg.drop_prob > 0.0:
             if self.entry is not None:
-                self.entry.fp_source = self.fp_in[idx]
+                self.entry.fp_source = take_rows(self.fp_in, idx)
             else:
                 keep = mask_as(bernoulli_mask(x, cfg.drop_prob, self.generator), x)
-                x = torch.lerp(x, self.fp_in[idx], keep)  # weights 0/1: exactly x or the FP input
-        rec = reconstruction_loss(self.module(x), self.fp_out[idx])
+                x = torch.lerp(x, take_rows(self.fp_in, idx), keep)  # weights 0/1: exactly x or the FP input
+        rec = reconstruction_loss(self.module(x), take_rows(self.fp_out, idx))
         lrs, beta, gate = self._schedules()
         loss = rec
         if self.rounded:
