@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import GenieError
+from .errors import GenieError, shown
 
 
 def _check_images(images: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ def stride_frequency_mask(height: int, width: int, stride: int = 2) -> torch.Ten
     """Boolean ``(height, width)`` mask of the stride frequencies of a stride-``stride`` layer:
     the bins ``(i * height / stride, j * width / stride)`` for ``i, j < stride``, except (0, 0)."""
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 2:
-        raise GenieError(f"stride must be an integer >= 2, got {stride!r}")
+        raise GenieError(f"stride must be an integer >= 2, got {shown(stride)}")
     if height % stride or width % stride:
         raise GenieError(f"image size {height}x{width} is not divisible by the stride {stride}")
     rows = torch.arange(height) % (height // stride) == 0
@@ -83,7 +83,7 @@ def gradient_coverage(size: int = 16, kernel_size: int = 3, stride: int = 2, swi
 
     for name, value in (("size", size), ("kernel_size", kernel_size), ("stride", stride)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise GenieError(f"{name} must be a positive integer, got {value!r}")
+            raise GenieError(f"{name} must be a positive integer, got {shown(value)}")
     if size < 2:
         raise GenieError(f"size must be at least 2 (reflection padding), got {size}")
     if swing:

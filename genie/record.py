@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from . import __version__
-from .errors import GenieError
+from .errors import GenieError, shown
 from .files import write_json
 
 # raised when a field is added, removed, renamed or changes meaning; read_record accepts this one only
@@ -149,7 +149,7 @@ def validate_record(data, source: str = "the result record") -> RunRecord:
         allowed = _allowed(_HINTS[name])
         if not _fits(value, allowed):
             words = " or ".join(_WORDS[t] for t in allowed)
-            raise GenieError(f"{source}: field '{name}' must be {words}, got {value!r} ({type(value).__name__})")
+            raise GenieError(f"{source}: field '{name}' must be {words}, got {shown(value)} ({type(value).__name__})")
     if not all(isinstance(k, str) for k in data.get("extra", {})):
         raise GenieError(f"{source}: field 'extra' must have string keys")
     return RunRecord(**data)

@@ -123,3 +123,12 @@ def test_sweep_of_a_file_that_is_not_a_notebook(tmp_path, capsys):
     err = cli_error(["sweep", str(fake), "--out", str(tmp_path / "o")], capsys, prog="genie sweep")
     assert f"{fake} is not a readable Jupyter notebook (NotJSONError" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_tensor_passed_as_a_setting_is_named_by_its_shape(resnet20, calib64):
+    """A tensor where a number belongs (a positional-argument slip) is named by kind and shape,
+    not by a repr that runs to pages."""
+    with pytest.raises(GenieError) as info:
+        quantize_model(resnet20, calib64, calib64)
+    message = str(info.value)
+    assert message == "w_bits must be an integer from 2 to 8, got a Tensor of shape (64, 3, 32, 32)"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..devices import model_device
-from ..errors import GenieError
+from ..errors import GenieError, shown
 from ..events import BatchDone, Callback, DistillProgress, DistillSnapshot, emit
 from ..finite import require_finite_losses, require_finite_model
 from ..graphs import run_steps
@@ -75,10 +75,10 @@ class DistillConfig:
             if value is None and or_none:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise GenieError(f"{name} must be a positive integer{or_none}, got {value!r}")
+                raise GenieError(f"{name} must be a positive integer{or_none}, got {shown(value)}")
         iters = self.total_iters
         if isinstance(iters, bool) or not isinstance(iters, int) or iters <= 0:
-            raise GenieError(f"distillation iterations must be a positive integer, got {iters!r}")
+            raise GenieError(f"distillation iterations must be a positive integer, got {shown(iters)}")
         if min(self.batch_sizes()) < 2:
             raise GenieError("every distillation batch needs at least 2 images (BatchNorm statistics); "
                              f"{self.num_images} images in batches of {self.batch_size} leaves one of 1")
@@ -203,7 +203,7 @@ def distill(
     """
     cfg = DistillConfig(**{**(asdict(config) if config else {}), **overrides}).validate()
     if not isinstance(image_size, int) or image_size <= 0:
-        raise GenieError(f"image_size must be a positive integer, got {image_size!r}")
+        raise GenieError(f"image_size must be a positive integer, got {shown(image_size)}")
     if STRATEGIES[cfg.distiller].uses_generator and image_size % 4 != 0:
         raise GenieError(f"the generator needs an image size divisible by 4, got {image_size}")
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):

@@ -21,7 +21,7 @@ import torch.fx
 from torch import nn
 
 from ..devices import model_device
-from ..errors import GenieError
+from ..errors import GenieError, shown
 from ..files import check_output_file, write_atomically
 from ..quant.bn_fold import bn_factor
 from ..quant.layers import QuantLayer
@@ -89,7 +89,7 @@ def _example(example, qmodel) -> torch.Tensor:
         return example[:1].to(device)
     if isinstance(example, (tuple, list)) and len(example) == 4 and all(isinstance(v, int) and v > 0 for v in example):
         return torch.zeros((1,) + tuple(example)[1:], device=device)
-    raise GenieError(f"example must be an input tensor (N, C, H, W) or its shape, got {example!r}")
+    raise GenieError(f"example must be an input tensor (N, C, H, W) or its shape, got {shown(example)}")
 
 
 def _bn_folds(gm: torch.fx.GraphModule) -> tuple:

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import GenieError
+from ..errors import GenieError, shown
 from ..finite import require_finite_images, require_finite_model
 from .act_quantizer import ActQuantizer
 from .blocks import BlockParts, QuantBlock, default_block_table, flatten_sequential, is_weight_layer, with_act_quants
@@ -48,13 +48,13 @@ class QuantConfig:
         for name in ("w_bits", "a_bits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
-                raise GenieError(f"{name} must be an integer from 2 to 8, got {value!r}")
+                raise GenieError(f"{name} must be an integer from 2 to 8, got {shown(value)}")
         if self.quantizer not in WEIGHT_METHODS:
             raise GenieError(f"unknown quantizer {self.quantizer!r}; use one of {', '.join(WEIGHT_METHODS)}")
         if self.setting not in SETTINGS:
             raise GenieError(f"unknown bit setting {self.setting!r}; use one of {', '.join(SETTINGS)}")
         if not isinstance(self.weight_symmetric, bool):
-            raise GenieError(f"weight_symmetric must be True or False, got {self.weight_symmetric!r}")
+            raise GenieError(f"weight_symmetric must be True or False, got {shown(self.weight_symmetric)}")
         if not self.p_norm > 0:
             raise GenieError(f"p_norm must be positive, got {self.p_norm}")
         return self

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..devices import model_device
-from ..errors import GenieError
+from ..errors import GenieError, shown
 from ..events import Callback, UnitEnd, UnitProgress, UnitStart, emit
 from ..finite import NonFiniteError, first_nonfinite, require_finite_losses
 from ..graphs import run_steps
@@ -98,18 +98,18 @@ class ReconConfig:
 
     def validate(self) -> "ReconConfig":
         if not isinstance(self.iters, int) or self.iters < 0:
-            raise GenieError(f"reconstruction iterations must be an integer >= 0, got {self.iters!r}")
+            raise GenieError(f"reconstruction iterations must be an integer >= 0, got {shown(self.iters)}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise GenieError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+            raise GenieError(f"batch_size must be a positive integer, got {shown(self.batch_size)}")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise GenieError(f"drop_prob must be in [0, 1], got {self.drop_prob}")
         if not 0.0 <= self.warmup < 1.0:
             raise GenieError(f"warmup must be in [0, 1), got {self.warmup}")
         if not isinstance(self.capture_mb, int) or self.capture_mb < 0:
-            raise GenieError(f"capture_mb must be an integer >= 0 (MiB), got {self.capture_mb!r}")
+            raise GenieError(f"capture_mb must be an integer >= 0 (MiB), got {shown(self.capture_mb)}")
         if self.act_search_sample is not None and (not isinstance(self.act_search_sample, int)
                                                    or self.act_search_sample <= 0):
-            raise GenieError(f"act_search_sample must be a positive integer or None, got {self.act_search_sample!r}")
+            raise GenieError(f"act_search_sample must be a positive integer or None, got {shown(self.act_search_sample)}")
         return self
 
 
