@@ -213,7 +213,7 @@ def _fmt(x, digits=4):
 
 
 def markdown(result: dict) -> str:
-    lines = [f"## genie vs the authors' code on {result['device']} ({result['threads']} threads, torch {result['torch']})",
+    lines = [f"## genie vs the authors' code on {result['device']}, {result['threads']} threads each, torch {result['torch']}",
              "", f"Command: `{result['command']}`; commit {result['commit']}; {result['seconds']:.0f} s in all.", "",
              "| stage | reference s/iter | genie s/iter | ratio (reference / genie) | genie fixed s |",
              "|---|---|---|---|---|"]

@@ -243,6 +243,20 @@ def test_training_loss_is_the_mean_reported_error(shape):
     assert torch.allclose(reconstruction_loss(out, target), reconstruction_error(out, target).mean(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_training_loss_gradient_is_the_mean_squared_errors(layout):
+    """The loss keeps the difference for its backward pass: same gradient as mse_loss x channels,
+    gradcheck in float64, and the gradient keeps the activation's layout."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(4, 6, 5, 3, dtype=torch.float64, generator=g).contiguous(memory_format=layout)
+    target = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    out.requires_grad_(True)
+    torch.autograd.gradcheck(lambda o: reconstruction_loss(o, target), (out,))
+    (ours,) = torch.autograd.grad(reconstruction_loss(out, target), out)
+    (want,) = torch.autograd.grad(torch.nn.functional.mse_loss(out, target) * 6, out)
+    assert torch.allclose(ours, want) and ours.is_contiguous(memory_format=layout)
+
+
 def test_models_that_view_their_activations_reconstruct_on_cpu():
     """reconstruct runs CPU images in channels-last layout for speed, except for models whose
     forward cannot take it (``x.view(n, -1)`` raises on a channels-last activation)."""

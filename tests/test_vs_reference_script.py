@@ -26,7 +26,7 @@ def test_vs_reference_tiny_without_the_reference(tmp_path):
     assert len(result["scaling"]["recon_resnet20"]["units"]) == 11
     assert len(result["scaling"]["recon_resnet56"]["units"]) == 29
     md = (tmp_path / "vs_reference.md").read_text()
-    assert md.startswith("## genie vs the authors' code on CPU") and "| recon |" in md
+    assert md.startswith("## genie vs the authors' code on CPU") and "1 threads each" in md and "| recon |" in md
 
 
 def test_vs_reference_refuses_unknown_stages(tmp_path):
