@@ -123,3 +123,14 @@ def test_act_search_of_huge_tensors_measures_a_sample_of_runs():
     def lp(s):
         return (x - torch.clamp(torch.round(x / s), 0, 15) * s).abs().pow(2.4).mean().item()
     assert lp(got) <= lp(best) * 1.005
+
+
+def test_take_rows_equals_advanced_indexing_and_keeps_the_layout():
+    from genie.quant.recon_primitives import take_rows
+
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(10, generator=g)[:4]
+    for t in (torch.randn(10, 3, 4, 5, generator=g).contiguous(memory_format=torch.channels_last),
+              torch.randn(10, 3, 4, 5, generator=g), torch.randn(10, 7, generator=g)):
+        got = take_rows(t, idx)
+        assert torch.equal(got, t[idx]) and got.stride() == t[idx].stride()
