@@ -24,18 +24,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import GenieError
-from .recon_primitives import store_rows, capture
+from .recon_primitives import capture, single_input, store_rows
 
 
 class _Stop(Exception):
     pass
-
-
-def _single_tensor(module: nn.Module, args) -> torch.Tensor:
-    if len(args) != 1 or not torch.is_tensor(args[0]):
-        raise GenieError(f"unit {type(module).__name__} must take exactly one tensor input")
-    return args[0]
 
 
 @torch.no_grad()
@@ -49,7 +42,7 @@ def chained_units(model: nn.Module, names: list, example: torch.Tensor) -> list:
 
     def started(k):
         def hook(module, args):
-            x = _single_tensor(module, args)
+            x = single_input(module, args)
             prev = last.get("unit")
             chained[k] = prev is not None and prev[0] == k - 1 and x is prev[1] and x._version == prev[2]
         return hook
@@ -78,7 +71,7 @@ def unit_sizes(model: nn.Module, names: list, example: torch.Tensor) -> list:
 
     def hook(name):
         def grab(module, args, out):
-            x = _single_tensor(module, args)
+            x = single_input(module, args)
             sizes[name] = (x.element_size() * x[0].numel(), out.element_size() * out[0].numel())
         return grab
 
@@ -134,7 +127,7 @@ class TeacherActivations:
         def started(k):
             def hook(module, args):
                 if not (k != group[0] and self.chained[k]):  # else: the output before it, stored already
-                    inputs[k] = store_rows(inputs.get(k), _single_tensor(module, args), offset[0], total)
+                    inputs[k] = store_rows(inputs.get(k), single_input(module, args), offset[0], total)
             return hook
 
         def finished(k):

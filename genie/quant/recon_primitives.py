@@ -19,6 +19,13 @@ class _StopForward(Exception):
     pass
 
 
+def single_input(module: nn.Module, args: tuple) -> torch.Tensor:
+    """The one tensor a unit's forward takes (a forward hook's ``args``), or a :class:`GenieError`."""
+    if len(args) != 1 or not torch.is_tensor(args[0]):
+        raise GenieError(f"unit {type(module).__name__} must take exactly one tensor input")
+    return args[0]
+
+
 @torch.no_grad()
 def capture(model: nn.Module, module: nn.Module, images: torch.Tensor, chunk: int, with_output: bool):
     """Inputs (and outputs) of ``module`` when ``model`` runs on ``images``, stopping the forward
@@ -26,9 +33,7 @@ def capture(model: nn.Module, module: nn.Module, images: torch.Tensor, chunk: in
     inputs, outputs = [], []
 
     def grab(mod, args, *out):
-        if len(args) != 1 or not torch.is_tensor(args[0]):
-            raise GenieError(f"unit {type(mod).__name__} must take exactly one tensor input")
-        inputs.append(args[0].detach())
+        inputs.append(single_input(mod, args).detach())
         if out:
             outputs.append(out[0].detach())
         raise _StopForward
@@ -60,9 +65,9 @@ def init_activations(unit: nn.Module, q_in: torch.Tensor, chunk: int, p: float,
 
 @torch.no_grad()
 def unit_error(unit: nn.Module, q_in: torch.Tensor, fp_out: torch.Tensor, chunk: int,
-               keep_output: bool = False):
-    """The unit's reconstruction error on all images (mean over images of
-    :func:`reconstruction_error`). With ``keep_output``: ``(error, outputs (N, ...))``."""
+               keep_output: bool = False) -> tuple:
+    """``(error, outputs)``: the unit's reconstruction error on all images (mean over images of
+    :func:`reconstruction_error`) and, with ``keep_output``, its outputs ``(N, ...)`` (else None)."""
     total = torch.zeros((), dtype=torch.float64, device=q_in.device)
     outputs = None
     for start, (x, y) in zip(range(0, len(q_in), chunk), zip(q_in.split(chunk), fp_out.split(chunk))):
@@ -70,8 +75,7 @@ def unit_error(unit: nn.Module, q_in: torch.Tensor, fp_out: torch.Tensor, chunk:
         total += reconstruction_error(out, y).sum(dtype=torch.float64)
         if keep_output:
             outputs = store_rows(outputs, out, start, len(q_in))
-    error = total.item() / len(q_in)
-    return (error, outputs) if keep_output else error
+    return total.item() / len(q_in), outputs
 
 
 def store_rows(buffer: Optional[torch.Tensor], part: torch.Tensor, start: int, total: int) -> torch.Tensor:

@@ -238,14 +238,13 @@ def _finalize_unit(module: nn.Module) -> None:
             m.finalize()
 
 
-def _checked_error(unit: _Unit, chunk: int, when: str, keep_output: bool = False):
-    """The unit's reconstruction error on all images (:func:`genie.quant.recon_primitives.unit_error`),
-    with ``keep_output`` also its outputs. NaN or Inf stops the run, naming the unit and the first
-    non-finite tensor it holds (or its input, when it holds none)."""
-    error, outputs = unit_error(unit.module, unit.q_in, unit.fp_out, chunk, keep_output=True) if keep_output \
-        else (unit_error(unit.module, unit.q_in, unit.fp_out, chunk), None)
+def _checked_error(unit: _Unit, chunk: int, when: str, keep_output: bool = False) -> tuple:
+    """``(error, outputs)``: :func:`genie.quant.recon_primitives.unit_error` of the unit. NaN or Inf
+    stops the run, naming the unit and the first non-finite tensor it holds (or its input, when
+    it holds none)."""
+    error, outputs = unit_error(unit.module, unit.q_in, unit.fp_out, chunk, keep_output)
     if math.isfinite(error):
-        return (error, outputs) if keep_output else error
+        return error, outputs
     module = unit.module
     culprit = first_nonfinite(list(module.named_parameters()) + list(module.named_buffers()))
     raise NonFiniteError(f"unit {unit.name!r}: its quantized output is not finite {when} (error {error}): "
@@ -322,7 +321,7 @@ def reconstruct(
             # 2. step sizes of its activation quantizers (Eq. 16); error with hard-rounded weights
             init_activations(module, unit.q_in, run.chunk, run.p_norm, cfg.act_search_sample, search_generator)
             set_soft_rounding(module, False)
-            init_error = _checked_error(unit, run.chunk, "before training")
+            init_error, _ = _checked_error(unit, run.chunk, "before training")
             emit(callback, UnitStart(index, len(units), name, unit.kind, cfg.iters, init_error))
             # 3. learn softbits and step sizes against the teacher's output
             losses = _train_unit(unit, run)
@@ -331,8 +330,7 @@ def reconstruct(
             snap_biases(module)
             # 6. report (the outputs are the next unit's input when it reads this unit's output)
             keep = index + 1 < len(units) and chained[index + 1]
-            final_error, previous_output = _checked_error(unit, run.chunk, "after training", keep_output=True) \
-                if keep else (_checked_error(unit, run.chunk, "after training"), None)
+            final_error, previous_output = _checked_error(unit, run.chunk, "after training", keep_output=keep)
             seconds = time.perf_counter() - t0
             reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses))
             emit(callback, UnitEnd(index, name, unit.kind, init_error, final_error, losses, seconds))
