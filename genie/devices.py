@@ -40,3 +40,9 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether a 4-d tensor is laid out channels-last (NHWC in memory; genie's CPU layout) and
+    not also in the default layout (as tensors with one channel or one pixel are)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..devices import is_channels_last
 from ..errors import GenieError
 
 BN_EPS = 1e-6
@@ -29,7 +30,7 @@ class GroupStdMean(torch.autograd.Function):
     def forward(ctx, x):
         g, n, c, h, w = x.shape
         flat = x.flatten(0, 1)
-        if flat.is_contiguous(memory_format=torch.channels_last) and not flat.is_contiguous():
+        if is_channels_last(flat):
             # channels-last (the CPU layout): a (G, n*H*W, C) view, and two passes (mean, then the
             # centred squares) reduce it 3-25x faster than std_mean's single-pass Welford
             rows = flat.permute(0, 2, 3, 1).reshape(g, n * h * w, c)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import is_channels_last
 from ..seeding import mix32
 
 NUM_WINDOWS = 9
@@ -69,7 +70,7 @@ class SwingConv2d(nn.Module):
         if not self.enabled or self.control is None:
             return self.conv(x)
         crop = swing_crop(x, self.control.offsets(self.layer_id))
-        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if is_channels_last(x):
             crop = crop.contiguous(memory_format=torch.channels_last)  # keep the layout the caller chose
         return self.conv(crop)
 

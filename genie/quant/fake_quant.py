@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from ..devices import is_channels_last
+
 GAMMA, ZETA = -0.1, 1.1  # stretch of the rectified sigmoid (AdaRound, Louizos et al.)
 
 
@@ -104,7 +106,7 @@ def bernoulli_mask(like: torch.Tensor, p: float, generator: Optional[torch.Gener
     one random 64-bit word gives 7 uniform bytes (the top byte is not uniform), so ``p`` is
     resolved to 1/256 (0, 0.5 and 1 exactly).
     """
-    channels_last = like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)
+    channels_last = is_channels_last(like)
     shape = (like.shape[0], like.shape[2], like.shape[3], like.shape[1]) if channels_last else like.shape
     if like.device.type != "cpu":
         mask = torch.rand(shape, generator=generator, device=like.device) < p

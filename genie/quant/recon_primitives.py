@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..devices import is_channels_last
 from ..errors import GenieError
 from .act_quantizer import ActQuantizer
 from .layers import QuantLayer
@@ -82,8 +83,7 @@ def store_rows(buffer: Optional[torch.Tensor], part: torch.Tensor, start: int, t
     """Copy ``part`` into rows ``start:`` of ``buffer`` (made on the first call: ``total`` rows,
     ``part``'s dtype, device and memory format), which it returns."""
     if buffer is None:
-        channels_last = part.dim() == 4 and part.is_contiguous(memory_format=torch.channels_last) \
-            and not part.is_contiguous()
+        channels_last = is_channels_last(part)
         buffer = torch.empty((total, *part.shape[1:]), dtype=part.dtype, device=part.device,
                              memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     buffer[start:start + len(part)].copy_(part)
@@ -123,7 +123,7 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Ten
 def take_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``t[idx]`` (rows of a ``(N, ...)`` tensor), keeping a channels-last layout: selected as
     contiguous rows of the ``(N, H, W, C)`` view, about 4x faster on CPUs than advanced indexing."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(t):
         return t.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
     return t[idx]
 

@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from ..devices import is_channels_last
+
 DEFAULT_P = 2.4
 _ELEMENTS_PER_STEP = 1 << 23  # candidates x elements evaluated at once (bounds temporary memory)
 
@@ -168,7 +170,7 @@ def _flat_values(x: torch.Tensor) -> torch.Tensor:
     """All values of ``x`` as float32 ``(numel,)``, in memory order (a view when ``x`` is dense in
     any layout, e.g. channels-last: the search does not depend on the order)."""
     x = x.detach()
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(x):
         x = x.permute(0, 2, 3, 1)  # a view of the same memory in its own order
     return x.reshape(-1).float()
 
