@@ -5,7 +5,7 @@ import argparse
 
 from .distill.distiller import DEFAULT_ITERS, DISTILLERS, DistillConfig
 from .errors import GenieError, exit_status
-from .quant.reconstruction import ReconConfig
+from .quant.reconstruction import QDROP_INPUTS, ROUND_WEIGHT_ADAROUND, ROUND_WEIGHT_GENIE, ReconConfig
 from .sweep import add_sweep_parser, run_sweep
 
 
@@ -35,6 +35,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     _add_onnx_int_argument(p)
     p.add_argument("--drop-prob", type=float, default=ReconConfig.drop_prob,
                    help=f"QDrop probability (0 disables; default {ReconConfig.drop_prob})")
+    p.add_argument("--qdrop-input", default=ReconConfig.qdrop_input, choices=list(QDROP_INPUTS),
+                   help="QDrop at a unit's input: qdrop (one mask picks the FP or the quantized input) or reference "
+                        f"(the authors' code: mixed, then dropped again by the input quantizer); default "
+                        f"{ReconConfig.qdrop_input}")
+    p.add_argument("--round-weight", type=float, default=None,
+                   help=f"lambda of the rounding regulariser (Eq. 15; default {ROUND_WEIGHT_GENIE} for genie, "
+                        f"{ROUND_WEIGHT_ADAROUND} for adaround)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--test-source", default="auto", choices=["auto", "npz", "lossless100", "torchvision"],

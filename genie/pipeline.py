@@ -50,6 +50,8 @@ class RunConfig:
     fold_bn: bool = True
     weight_symmetric: bool = False  # signed weights, zero point 0 (TensorRT-style)
     drop_prob: float = ReconConfig.drop_prob
+    qdrop_input: str = ReconConfig.qdrop_input  # qdrop | reference (genie.quant.ReconConfig)
+    round_weight: Optional[float] = None  # lambda of Eq. 15; None: the quantizer's default
     test_source: str = "auto"  # CIFAR: auto | npz | lossless100 | torchvision
     data_dir: Optional[str] = None  # ImageNet-style root with train/ and val/
     progress: bool = True
@@ -233,7 +235,8 @@ def check_config(cfg: RunConfig, spec) -> ReconConfig:
                 weight_symmetric=cfg.weight_symmetric).validate()
     if cfg.export_onnx:
         _check_onnx_export(cfg)
-    recon_cfg = ReconConfig(iters=cfg.recon_iters, batch_size=cfg.batch_size, drop_prob=cfg.drop_prob, seed=cfg.seed)
+    recon_cfg = ReconConfig(iters=cfg.recon_iters, batch_size=cfg.batch_size, drop_prob=cfg.drop_prob,
+                            qdrop_input=cfg.qdrop_input, round_weight=cfg.round_weight, seed=cfg.seed)
     recon_cfg.validate()
     if cfg.data == "synthetic" and not cfg.calib_file:
         cfg.distill_config().validate()
@@ -308,6 +311,8 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "recon_iters": cfg.recon_iters,
         "batch_size": cfg.batch_size,
         "drop_prob": cfg.drop_prob,
+        "qdrop_input": cfg.qdrop_input,
+        "round_weight": recon_cfg.rounding_weight(cfg.quantizer),
         "quantizer": cfg.quantizer,
         "seed": cfg.seed,
         "device": str(device),
@@ -321,7 +326,8 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "recon_seconds": recon_seconds,
         "cuda_graph": cfg.cuda_graph,
         "units": [
-            {"name": u.name, "kind": u.kind, "init_error": u.init_error, "final_error": u.final_error, "seconds": u.seconds}
+            {"name": u.name, "kind": u.kind, "init_error": u.init_error, "final_error": u.final_error, "seconds": u.seconds,
+             "steps_at_floor": u.steps_at_floor}
             for u in report.units
         ],
         **distill_info,

@@ -17,6 +17,9 @@ from torch import nn
 
 from ..errors import GenieError
 
+# the buffer of a folded convolution holding |gamma / sqrt(var + eps)| per output channel (C_out,)
+FOLD_SCALE = "bn_fold_scale"
+
 
 def _pairs_from_graph(model: nn.Module) -> list:
     import torch.fx
@@ -79,6 +82,11 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     new_bias = (bias - bn.running_mean) * factor + beta
     conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+    # what each output channel was scaled by (times any earlier fold): reconstruction learns
+    # step sizes at a rate that follows it (genie.quant.layers.QuantLayer.fold_scale)
+    earlier = getattr(conv, FOLD_SCALE, None)
+    scale = factor.abs().to(conv.weight.dtype) * (earlier if earlier is not None else 1.0)
+    conv.register_buffer(FOLD_SCALE, scale, persistent=False)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

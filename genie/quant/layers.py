@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import GenieError
 from .act_quantizer import ActQuantizer
+from .bn_fold import FOLD_SCALE
 from .weight_quantizer import WeightQuantizer
 
 
@@ -36,6 +37,14 @@ class QuantLayer(nn.Module):
         self.register_buffer("weight", layer.weight.detach().clone())
         bias = layer.bias.detach().clone() if layer.bias is not None else None
         self.register_buffer("bias", bias)
+        # |gamma / sigma| per output channel (C_out,) of a BatchNorm folded into the layer, else
+        # ones: folding scales a channel's weights and step size by it, so reconstruction scales
+        # that step size's learning rate by it too (genie.quant.unit_trainer.param_groups). Not
+        # saved: only a layer still being reconstructed needs it.
+        fold_scale = getattr(layer, FOLD_SCALE, None)
+        fold_scale = torch.ones(self.out_features, dtype=layer.weight.dtype, device=layer.weight.device) \
+            if fold_scale is None else fold_scale.detach().clone()
+        self.register_buffer("fold_scale", fold_scale, persistent=False)
         self.weight_quant = WeightQuantizer(method)
         self.input_quant: Optional[ActQuantizer] = ActQuantizer() if own_input_quant else None
 

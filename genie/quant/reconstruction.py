@@ -52,6 +52,7 @@ from .recon_primitives import (
 from .unit_trainer import ParamGroup, UnitTrainer, param_groups
 
 __all__ = [  # with the primitives and the unit trainer it builds on
+    "QDROP_INPUTS",
     "ParamGroup",
     "ReconConfig",
     "ReconReport",
@@ -66,7 +67,8 @@ __all__ = [  # with the primitives and the unit trainer it builds on
 
 
 ROUND_WEIGHT_GENIE = 1.0  # lambda of Eq. 15 for GENIE-M (method card)
-ROUND_WEIGHT_ADAROUND = 0.01  # lambda for AdaRound (BRECQ / QDrop)
+ROUND_WEIGHT_ADAROUND = 0.1  # lambda for the AdaRound baseline: the paper's (Sec. 4.1; BRECQ's code uses 0.01)
+QDROP_INPUTS = ("qdrop", "reference")  # ReconConfig.qdrop_input
 
 
 @dataclass
@@ -76,6 +78,11 @@ class ReconConfig:
     iters: int = 20000
     batch_size: int = 32
     drop_prob: float = 0.5  # QDrop: probability an activation element stays FP (0 disables)
+    # QDrop at a unit's input. "qdrop": one mask per element picks the FP input or the quantized
+    # student input (QDrop's scheme). "reference": the FP and student inputs are mixed first, then
+    # the unit's input quantizer drops again with its own mask, so a quarter of the elements
+    # pass as the student's unquantized input (what the authors' code does).
+    qdrop_input: str = "qdrop"
     lr_softbits: float = 1e-3
     lr_weight_scale: float = 1e-4
     lr_act_scale: float = 4e-5
@@ -103,6 +110,11 @@ class ReconConfig:
             raise GenieError(f"batch_size must be a positive integer, got {shown(self.batch_size)}")
         if not 0.0 <= self.drop_prob <= 1.0:
             raise GenieError(f"drop_prob must be in [0, 1], got {self.drop_prob}")
+        if self.qdrop_input not in QDROP_INPUTS:
+            raise GenieError(f"qdrop_input must be one of {', '.join(map(repr, QDROP_INPUTS))}, "
+                             f"got {shown(self.qdrop_input)}")
+        if self.round_weight is not None and not self.round_weight >= 0.0:
+            raise GenieError(f"round_weight (lambda of Eq. 15) must be a number >= 0, got {shown(self.round_weight)}")
         if not 0.0 <= self.warmup < 1.0:
             raise GenieError(f"warmup must be in [0, 1), got {self.warmup}")
         if not isinstance(self.capture_mb, int) or self.capture_mb < 0:
@@ -121,6 +133,7 @@ class UnitReport:
     final_error: float
     seconds: float
     losses: torch.Tensor = field(repr=False)
+    steps_at_floor: int = 0  # learned step sizes (elements) that ended held up by min_scale_ratio
 
 
 @dataclass
@@ -205,15 +218,16 @@ class _Progress:
         self.last = done
 
 
-def _train_unit(unit: _Unit, run: _Run) -> torch.Tensor:
+def _train_unit(unit: _Unit, run: _Run) -> tuple:
     """Learn the unit's softbits and step sizes (``run.cfg.iters`` steps, soft rounding); returns
-    the reconstruction loss per iteration on the CPU (empty for ``iters=0`` or nothing to learn)."""
+    the reconstruction loss per iteration on the CPU (empty for ``iters=0`` or nothing to learn)
+    and how many step sizes ended at their floor."""
     if run.cfg.iters == 0:
-        return torch.zeros(0)
+        return torch.zeros(0), 0
     trainer = UnitTrainer(unit, run)
     try:
         if trainer.optimizer is None:
-            return trainer.losses[:0].cpu()
+            return trainer.losses[:0].cpu(), 0
         for p in unit.module.parameters():
             p.requires_grad_(False)
         for p in trainer.params:
@@ -225,7 +239,7 @@ def _train_unit(unit: _Unit, run: _Run) -> torch.Tensor:
         finally:
             for p in trainer.params:
                 p.requires_grad_(False)
-        return trainer.losses.cpu()
+        return trainer.losses.cpu(), trainer.steps_at_floor()
     finally:
         trainer.close()
 
@@ -324,7 +338,7 @@ def reconstruct(
             init_error, _ = _checked_error(unit, run.chunk, "before training")
             emit(callback, UnitStart(index, len(units), name, unit.kind, cfg.iters, init_error))
             # 3. learn softbits and step sizes against the teacher's output
-            losses = _train_unit(unit, run)
+            losses, at_floor = _train_unit(unit, run)
             # 4. hard-round: integer weights only; 5. the int32 bias an integer runtime adds
             _finalize_unit(module)
             snap_biases(module)
@@ -332,7 +346,7 @@ def reconstruct(
             keep = index + 1 < len(units) and chained[index + 1]
             final_error, previous_output = _checked_error(unit, run.chunk, "after training", keep_output=keep)
             seconds = time.perf_counter() - t0
-            reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses))
+            reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses, at_floor))
             emit(callback, UnitEnd(index, name, unit.kind, init_error, final_error, losses, seconds))
             del unit  # its captured tensors, before the next unit's are made
     return ReconReport(reports, time.perf_counter() - t_start)

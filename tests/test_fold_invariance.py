@@ -1,0 +1,81 @@
+"""GENIE-M learns the same quantized weights whether BatchNorm is folded or not.
+
+Folding multiplies each output channel's weights, and so its step size, by ``gamma / sigma``;
+the step sizes are learned with an absolute learning rate, so unless the rate follows that
+factor, the same run moves a folded channel's step at a different relative speed.
+"""
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from genie.quant import quantize_model, reconstruct
+from genie.quant.bn_fold import bn_factor
+
+
+class _SmallNet(nn.Module):
+    """Stem conv + BN, one residual block (two conv + BN pairs), pooling and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.block = BasicBlock(8, 8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.block(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _model_with_wide_bn(seed: int, signed: bool) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    model = _SmallNet()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        for bn in (model.bn1, model.block.bn1, model.block.bn2):
+            c = bn.num_features
+            # |gamma| log-uniform over 1e-3 .. 10: some channels near dead, some amplified 10x
+            gamma = torch.pow(10.0, torch.rand(c, generator=g) * 4 - 3)
+            if signed:
+                gamma = gamma * torch.where(torch.rand(c, generator=g) < 0.5, -1.0, 1.0)
+            bn.weight.copy_(gamma)
+            bn.bias.copy_(torch.randn(c, generator=g) * 0.5)
+            bn.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+            bn.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.1)
+    return model.eval()
+
+
+def _train_the_block(model, images, fold_bn: bool):
+    """Quantize (W4A4 genie) and reconstruct only the residual block for 20 steps: its quantized
+    weights (two convs) and its losses. (A lone conv's BatchNorm lies outside its unit when not
+    folded, so the two runs would not even minimise the same loss there.)"""
+    qm = quantize_model(model, images, w_bits=4, a_bits=4, quantizer="genie", fold_bn=fold_bn)
+    assert qm.unit_names == ["conv1", "block", "fc"]
+    qm.unit_names = ["block"]
+    report = reconstruct(qm, images, iters=20, batch_size=16, seed=0, progress=False)
+    weights = [layer.quantized_weight().detach() for name, layer in qm.layers() if name.startswith("block.")]
+    return weights, report.units[0].losses
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["positive-gamma", "signed-gamma"])
+def test_folding_does_not_change_what_genie_learns(signed):
+    """20 steps of a residual block with fold_bn=True and False: each folded quantized weight is
+    the unfolded one times its channel's gamma/sigma, and the losses are the same."""
+    model = _model_with_wide_bn(0, signed)
+    images = torch.randn(64, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    folded, folded_losses = _train_the_block(model, images, fold_bn=True)
+    unfolded, unfolded_losses = _train_the_block(model, images, fold_bn=False)
+    assert len(folded) == len(unfolded) == 2
+    for k, bn_name in enumerate(("block.bn1", "block.bn2")):
+        factor = bn_factor(model.get_submodule(bn_name)).view(-1, 1, 1, 1)
+        expected = unfolded[k] * factor
+        # relative to each channel's own size: near-dead channels must match too
+        size = expected.flatten(1).abs().amax(1).clamp_min(1e-30).view(-1, 1, 1, 1)
+        err = ((folded[k] - expected) / size).abs().amax()
+        assert err < 1e-5, f"conv {k}: folded weights differ from unfolded x gamma/sigma by {err:.3g} of the channel"
+    assert folded_losses.shape == (20,)
+    torch.testing.assert_close(folded_losses, unfolded_losses, rtol=1e-4, atol=0.0)
