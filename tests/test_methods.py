@@ -34,9 +34,11 @@ def test_cli_flags_and_sweep_cases_say_the_same(method):
 def test_run_defaults_are_the_solvers_defaults():
     run, recon, dist = RunConfig(), ReconConfig(), DistillConfig()
     assert (run.recon_iters, run.batch_size, run.drop_prob) == (recon.iters, recon.batch_size, recon.drop_prob)
+    assert (run.qdrop_input, run.round_weight) == (recon.qdrop_input, recon.round_weight)
     assert run.distill_config() == DistillConfig(num_images=run.num_samples, seed=run.seed)
     args = build_parser().parse_args(["run"])
     assert (args.recon_iters, args.batch_size, args.drop_prob) == (recon.iters, recon.batch_size, recon.drop_prob)
+    assert (args.qdrop_input, args.round_weight) == (recon.qdrop_input, recon.round_weight)
     assert (args.distiller, args.swing, args.distill_iters, args.distill_batch) == (
         dist.distiller, dist.swing, dist.iters, dist.batch_size)
     assert build_parser().parse_args(["distill", "--out", "x.pt"]).samples == dist.num_images

@@ -108,6 +108,8 @@ def test_qdrop_limits_on_a_block(resnet20, calib64):
     ({"iters": -1}, "iterations"),
     ({"batch_size": 0}, "batch_size"),
     ({"drop_prob": 1.5}, "drop_prob"),
+    ({"qdrop_input": "both"}, "qdrop_input must be one of 'qdrop', 'reference'"),
+    ({"round_weight": -0.1}, "round_weight"),
 ])
 def test_bad_reconstruction_settings(resnet20, calib64, kwargs, match):
     qm = quantize_model(resnet20, calib64)
@@ -279,3 +281,65 @@ def test_models_that_view_their_activations_reconstruct_on_cpu():
     assert len(report.units) == 2
     with torch.no_grad():
         assert qm(images).shape == (8, 3)
+
+
+def test_the_adaround_baseline_uses_the_papers_lambda():
+    """Eq. 15's lambda: 1.0 for GENIE-M, 0.1 for the AdaRound baseline (paper Sec. 4.1, not
+    BRECQ's code default 0.01); round_weight overrides both."""
+    cfg = ReconConfig()
+    assert (cfg.rounding_weight("genie"), cfg.rounding_weight("adaround")) == (1.0, 0.1)
+    assert ReconConfig(round_weight=0.01).rounding_weight("adaround") == 0.01
+
+
+def _entry_quantizer_io(resnet20, calib64, qdrop_input):
+    """Input, output and step size of block layer1.0's input quantizer at its training step."""
+    qm = quantize_model(resnet20, calib64, w_bits=4, a_bits=4)
+    qm.unit_names = qm.unit_names[:2]
+    entry = qm.net.layer1[0].input_quant
+    seen = []
+    hook = entry.register_forward_hook(
+        lambda m, inputs, out: seen.append((inputs[0].detach(), out.detach(), m.scale.detach().clone())))
+    reconstruct(qm, calib64, iters=1, drop_prob=0.5, qdrop_input=qdrop_input, progress=False)
+    hook.remove()
+    return seen[-2]  # the last call is the error after training
+
+
+@pytest.mark.parametrize("qdrop_input", ["qdrop", "reference"])
+def test_qdrop_at_the_unit_input(resnet20, calib64, qdrop_input):
+    """qdrop: each element of a unit's input quantizer's output is quantized or the FP input (never
+    its own input unquantized). reference: the input quantizer drops to its own (already
+    FP/student-mixed) input for about half of the elements."""
+    x, out, scale = _entry_quantizer_io(resnet20, calib64, qdrop_input)
+    nonzero = (x != 0) & (out != 0)  # ReLU's zeros are on the grid whatever happened to them
+    x, out = x[nonzero], out[nonzero]
+    on_grid = ((out / scale) - torch.round(out / scale)).abs() < 1e-3
+    passed_through = (out == x) & ~on_grid
+    assert x.numel() > 10000 and 0.4 < on_grid.float().mean() < 0.6  # quantized with probability 1 - drop_prob
+    if qdrop_input == "qdrop":
+        assert passed_through.float().mean() < 0.01
+    else:
+        assert 0.4 < passed_through.float().mean() < 0.6
+
+
+def test_steps_at_floor_counts_the_step_sizes_the_floor_holds(resnet20, calib64):
+    """A floor just under each start (min_scale_ratio 0.999) holds some step sizes after 20
+    iterations; the report counts exactly those; without a floor it counts none."""
+    counts = {}
+    for ratio in (0.999, None):
+        qm = quantize_model(resnet20, calib64, quantizer="genie")
+        qm.unit_names = qm.unit_names[1:2]
+        layers = [m for m in qm.net.layer1[0].modules() if isinstance(m, QuantLayer)]
+        acts = [m for m in qm.net.layer1[0].modules() if isinstance(m, ActQuantizer) and m.enabled]
+        start = {}
+
+        def at_start(event):  # activation step sizes are set just before UnitStart
+            start["steps"] = [t.detach().clone() for t in [l.weight_quant.scale for l in layers] + [q.scale for q in acts]]
+
+        report = reconstruct(qm, calib64, iters=20, min_scale_ratio=ratio, progress=False,
+                             callback=lambda e: at_start(e) if isinstance(e, UnitStart) else None)
+        learned = [l.weight_quant.scale for l in layers] + [q.scale for q in acts]
+        held = sum(int((s <= 0.999 * s0).sum()) for s, s0 in zip(learned, start["steps"]))
+        counts[ratio] = report.units[0].steps_at_floor
+        if ratio is not None:
+            assert counts[ratio] == held > 0
+    assert counts[None] == 0
