@@ -4,15 +4,14 @@ import torch
 
 from genie.quant.act_quantizer import ActQuantizer
 from genie.quant.fake_quant import bernoulli_mask, lsq_fake_quant, lsq_fake_quant_reference
+from genie.quant.step_size import search_act_scale
 
 
 def _initialized(x, bits=4):
     q = ActQuantizer(bits)
-    q.begin_observe()
-    q(x)
-    q.next_observe_pass()
-    q(x)
-    q.end_observe()
+    assert torch.equal(q(x), x)  # identity until initialised
+    q.initialize(*search_act_scale(x, bits))
+    assert q.initialized
     return q
 
 

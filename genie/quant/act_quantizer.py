@@ -2,7 +2,8 @@
 
 States:
 * ``enabled=False``: identity (the network input of the first layer, or a quantizer switched off);
-* not yet initialised: identity, except while observing data for the step-size search;
+* not yet initialised: identity (reconstruction searches the step size on the captured input of
+  the quantizer, :func:`genie.quant.step_size.search_act_scale`, and calls :meth:`initialize`);
 * initialised: fake quantization with the learned step size ``scale``; during reconstruction each
   element keeps its FP value with probability ``drop_prob`` (QDrop; 0 disables it, 1 keeps the
   tensor entirely FP).
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from .fake_quant import bernoulli_mask, lsq_fake_quant
-from .step_size import DEFAULT_P, ActRangeSearch, act_qrange
+from .step_size import act_qrange
 
 
 class ActQuantizer(nn.Module):
@@ -33,8 +34,6 @@ class ActQuantizer(nn.Module):
         # a unit's input quantizer during reconstruction: dropped elements take the FP model's
         # value of the input instead of the student's own (QDrop's input mixing)
         self.fp_source: Optional[torch.Tensor] = None
-        self._search: Optional[ActRangeSearch] = None
-        self._phase = None
 
     # --- state kept in state_dict (python attributes, so no host sync in forward) ---
     def get_extra_state(self):
@@ -50,23 +49,6 @@ class ActQuantizer(nn.Module):
     def qrange(self) -> tuple:
         return act_qrange(self.bits, self.signed)
 
-    # --- step-size search: two passes over the calibration data ---
-    def begin_observe(self, p: float = DEFAULT_P) -> None:
-        """Start the range pass of the step-size search (inputs pass through unchanged)."""
-        self._search = ActRangeSearch(self.bits, p)
-        self._phase = "range"
-
-    def next_observe_pass(self) -> None:
-        """Switch from the range pass to the error pass."""
-        self._phase = "error"
-
-    @torch.no_grad()
-    def end_observe(self) -> None:
-        """Set ``scale`` and ``signed`` from the search; the quantizer is then active."""
-        scale, signed = self._search.result()
-        self._search, self._phase = None, None
-        self.initialize(scale, signed)
-
     @torch.no_grad()
     def initialize(self, scale: torch.Tensor, signed: bool) -> None:
         """Set the step size (0-d tensor) and signedness found by a search; the quantizer is then active."""
@@ -75,15 +57,7 @@ class ActQuantizer(nn.Module):
         self.initialized = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return x
-        if self._phase is not None:
-            if self._phase == "range":
-                self._search.observe_range(x)
-            else:
-                self._search.observe_error(x)
-            return x
-        if not self.initialized:
+        if not self.enabled or not self.initialized:
             return x
         qmin, qmax = self.qrange
         keep_fp = None
