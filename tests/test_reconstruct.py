@@ -322,8 +322,9 @@ def test_qdrop_at_the_unit_input(resnet20, calib64, qdrop_input):
 
 
 def test_steps_at_floor_counts_the_step_sizes_the_floor_holds(resnet20, calib64):
-    """A floor just under each start (min_scale_ratio 0.999) holds some step sizes after 20
-    iterations; the report counts exactly those; without a floor it counts none."""
+    """A floor just under each start (min_scale_ratio 0.999) holds some step sizes in 20
+    iterations; the report counts at least those still held at the end, and the lowest ratio
+    asked for lies below the floor; without a floor it counts none."""
     counts = {}
     for ratio in (0.999, None):
         qm = quantize_model(resnet20, calib64, quantizer="genie")
@@ -341,5 +342,7 @@ def test_steps_at_floor_counts_the_step_sizes_the_floor_holds(resnet20, calib64)
         held = sum(int((s <= 0.999 * s0).sum()) for s, s0 in zip(learned, start["steps"]))
         counts[ratio] = report.units[0].steps_at_floor
         if ratio is not None:
-            assert counts[ratio] == held > 0
-    assert counts[None] == 0
+            total = sum(s.numel() for s in learned)
+            assert total >= counts[ratio] >= held > 0
+            assert report.units[0].lowest_step_ratio < 0.999
+    assert counts[None] == 0 and report.units[0].lowest_step_ratio == 1.0

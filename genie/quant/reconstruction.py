@@ -82,7 +82,7 @@ class ReconConfig:
     # student input (QDrop's scheme). "reference": the FP and student inputs are mixed first, then
     # the unit's input quantizer drops again with its own mask, so a quarter of the elements
     # pass as the student's unquantized input (what the authors' code does).
-    qdrop_input: str = "qdrop"
+    qdrop_input: str = "reference"
     lr_softbits: float = 1e-3
     lr_weight_scale: float = 1e-4
     lr_act_scale: float = 4e-5
@@ -133,7 +133,8 @@ class UnitReport:
     final_error: float
     seconds: float
     losses: torch.Tensor = field(repr=False)
-    steps_at_floor: int = 0  # learned step sizes (elements) that ended held up by min_scale_ratio
+    steps_at_floor: int = 0  # learned step sizes (elements) the min_scale_ratio floor held at some iteration
+    lowest_step_ratio: float = 1.0  # the smallest step size / its start any update asked for (floor aside)
 
 
 @dataclass
@@ -221,13 +222,13 @@ class _Progress:
 def _train_unit(unit: _Unit, run: _Run) -> tuple:
     """Learn the unit's softbits and step sizes (``run.cfg.iters`` steps, soft rounding); returns
     the reconstruction loss per iteration on the CPU (empty for ``iters=0`` or nothing to learn)
-    and how many step sizes ended at their floor."""
+    and :meth:`UnitTrainer.floor_record`."""
     if run.cfg.iters == 0:
-        return torch.zeros(0), 0
+        return torch.zeros(0), (0, 1.0)
     trainer = UnitTrainer(unit, run)
     try:
         if trainer.optimizer is None:
-            return trainer.losses[:0].cpu(), 0
+            return trainer.losses[:0].cpu(), (0, 1.0)
         for p in unit.module.parameters():
             p.requires_grad_(False)
         for p in trainer.params:
@@ -239,7 +240,7 @@ def _train_unit(unit: _Unit, run: _Run) -> tuple:
         finally:
             for p in trainer.params:
                 p.requires_grad_(False)
-        return trainer.losses.cpu(), trainer.steps_at_floor()
+        return trainer.losses.cpu(), trainer.floor_record()
     finally:
         trainer.close()
 
@@ -338,7 +339,7 @@ def reconstruct(
             init_error, _ = _checked_error(unit, run.chunk, "before training")
             emit(callback, UnitStart(index, len(units), name, unit.kind, cfg.iters, init_error))
             # 3. learn softbits and step sizes against the teacher's output
-            losses, at_floor = _train_unit(unit, run)
+            losses, (at_floor, lowest) = _train_unit(unit, run)
             # 4. hard-round: integer weights only; 5. the int32 bias an integer runtime adds
             _finalize_unit(module)
             snap_biases(module)
@@ -346,7 +347,7 @@ def reconstruct(
             keep = index + 1 < len(units) and chained[index + 1]
             final_error, previous_output = _checked_error(unit, run.chunk, "after training", keep_output=keep)
             seconds = time.perf_counter() - t0
-            reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses, at_floor))
+            reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses, at_floor, lowest))
             emit(callback, UnitEnd(index, name, unit.kind, init_error, final_error, losses, seconds))
             del unit  # its captured tensors, before the next unit's are made
     return ReconReport(reports, time.perf_counter() - t_start)

@@ -89,6 +89,8 @@ class UnitTrainer:
         # flipping the sign of its weights.
         self.floored = [p for g in self.groups if g.floor is not None for p in g.params]
         self.floors = [p.detach() * g.floor for g in self.groups if g.floor is not None for p in g.params]
+        self.starts = [p.detach().clone() for p in self.floored]
+        self.lowest = [p.detach().clone() for p in self.floored]  # before the floor: what it had to hold
         self.lam = cfg.rounding_weight(run.method)
         self.warm = int(cfg.warmup * cfg.iters)
         self.step_count = torch.zeros((), dtype=torch.int64, device=device)
@@ -142,14 +144,19 @@ class UnitTrainer:
         self.optimizer.step(grads, lrs)
         if self.floored:
             with torch.no_grad():
+                torch._foreach_minimum_(self.lowest, self.floored)
                 torch._foreach_maximum_(self.floored, self.floors)
         self.losses.index_copy_(0, self.step_count.view(1), rec.detach().view(1))
         self.step_count += 1
 
     @torch.no_grad()
-    def steps_at_floor(self) -> int:
-        """How many step sizes (elements) the floor holds up now: ``min_scale_ratio`` of their start."""
-        return sum(int((p <= f).sum()) for p, f in zip(self.floored, self.floors))
+    def floor_record(self) -> tuple:
+        """``(held, lowest)``: how many step sizes (elements) the floor (``min_scale_ratio`` of
+        their start) held up at some iteration, and the smallest ratio of a step size to its
+        start that any update asked for (1.0 when there are none)."""
+        held = sum(int((low < f).sum()) for low, f in zip(self.lowest, self.floors))
+        ratios = [(low / s.abs().clamp_min(torch.finfo(s.dtype).tiny)).min() for low, s in zip(self.lowest, self.starts)]
+        return held, min([1.0] + [float(r) for r in ratios])
 
     def close(self) -> None:
         for q in self.acts:
