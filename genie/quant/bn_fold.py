@@ -83,7 +83,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     new_bias = (bias - bn.running_mean) * factor + beta
     conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
     # what each output channel was scaled by (times any earlier fold): reconstruction learns
-    # step sizes at a rate that follows it (genie.quant.layers.QuantLayer.fold_scale)
+    # step sizes divided by it, in the unfolded layer's units (genie.quant.layers.QuantLayer.fold_scale)
     earlier = getattr(conv, FOLD_SCALE, None)
     scale = factor.abs().to(conv.weight.dtype) * (earlier if earlier is not None else 1.0)
     conv.register_buffer(FOLD_SCALE, scale, persistent=False)

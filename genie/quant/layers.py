@@ -38,8 +38,8 @@ class QuantLayer(nn.Module):
         bias = layer.bias.detach().clone() if layer.bias is not None else None
         self.register_buffer("bias", bias)
         # |gamma / sigma| per output channel (C_out,) of a BatchNorm folded into the layer, else
-        # ones: folding scales a channel's weights and step size by it, so reconstruction scales
-        # that step size's learning rate by it too (genie.quant.unit_trainer.param_groups). Not
+        # ones: folding scales a channel's weights and step size by it, so reconstruction learns
+        # the step divided by it, in the unfolded layer's units (genie.quant.unit_trainer). Not
         # saved: only a layer still being reconstructed needs it.
         fold_scale = getattr(layer, FOLD_SCALE, None)
         fold_scale = torch.ones(self.out_features, dtype=layer.weight.dtype, device=layer.weight.device) \
