@@ -1,10 +1,14 @@
 """Block reconstruction: events, determinism, batching, QDrop limits."""
+import copy
+
 import pytest
 import torch
 
 from genie.errors import GenieError
 from genie.events import UnitEnd, UnitProgress, UnitStart
 from genie.quant import ActQuantizer, QuantLayer, prepare_fp_model, quantize_model, reconstruct
+from genie.quant.bn_fold import fold_conv_bn
+from genie.quant.recon_primitives import output_units
 from genie.quant.reconstruction import (
     ParamGroup,
     ReconConfig,
@@ -257,6 +261,41 @@ def test_training_loss_gradient_is_the_mean_squared_errors(layout):
     (ours,) = torch.autograd.grad(reconstruction_loss(out, target), out)
     (want,) = torch.autograd.grad(torch.nn.functional.mse_loss(out, target) * 6, out)
     assert torch.allclose(ours, want) and ours.is_contiguous(memory_format=layout)
+
+
+def test_weighted_loss_is_the_error_of_the_rescaled_output():
+    """A per-channel weight (a lone folded conv's 1 / |gamma/sigma|) gives the loss, error and
+    gradient of output and target both multiplied by it."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(4, 6, 5, 3, dtype=torch.float64, generator=g).contiguous(memory_format=torch.channels_last)
+    target = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    weight = torch.rand(1, 6, 1, 1, dtype=torch.float64, generator=g) * 10
+    out.requires_grad_(True)
+    torch.autograd.gradcheck(lambda o: reconstruction_loss(o, target, weight), (out,))
+    loss = reconstruction_loss(out, target, weight)
+    want = reconstruction_loss(out * weight, target * weight)
+    assert torch.allclose(loss, want)
+    assert torch.allclose(reconstruction_error(out, target, weight), reconstruction_error(out * weight, target * weight))
+    (ours,) = torch.autograd.grad(loss, out)
+    (expected,) = torch.autograd.grad(want, out)
+    assert torch.allclose(ours, expected)
+
+
+def test_a_lone_folded_conv_measures_its_error_in_unfolded_units():
+    """output_units: 1 / |gamma/sigma| per channel for a lone conv with a BatchNorm folded into it
+    (0 where gamma is 0), None for an unfolded conv, a linear layer and a block."""
+    conv, bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4).eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([2.0, -0.5, 0.0, 1e-3]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25, 1.0, 1.0]) - bn.eps)
+    plain = QuantLayer(conv, "genie", own_input_quant=True)
+    assert output_units(plain) is None
+    folded_conv = copy.deepcopy(conv)
+    fold_conv_bn(folded_conv, bn)
+    units = output_units(QuantLayer(folded_conv, "genie", own_input_quant=True))
+    assert units.shape == (1, 4, 1, 1)
+    assert torch.allclose(units.flatten(), torch.tensor([1.0, 1.0, 0.0, 1e3]))
+    assert output_units(QuantLayer(torch.nn.Linear(3, 4), "genie", own_input_quant=True)) is None
 
 
 def test_models_that_view_their_activations_reconstruct_on_cpu():

@@ -5,10 +5,12 @@ student's input is the quantized model's own output of units < k; the target is 
 teacher's output of unit k. Loss: ``||z - z_q||^2`` summed over channels (features) and averaged
 over the batch and spatial positions (as BRECQ, QDrop and the GENIE reference code compute it;
 lambda of Eq. 15 is tuned for this scale), plus the rounding regulariser of Eq. 15 (after a
-warm-up). Adam over three parameter groups (:func:`param_groups`): softbits at a constant rate,
-weight step sizes (genie only; in the units of the unfolded layer, so BatchNorm folding does not
-change them) and activation step sizes cosine-annealed to 0; the rates and every other default
-are :class:`ReconConfig`'s. QDrop at a unit's input follows ``ReconConfig.qdrop_input``.
+warm-up); a lone convolution with a BatchNorm folded into it measures ``z`` in the unfolded
+convolution's units (:func:`genie.quant.recon_primitives.output_units`). Adam over three
+parameter groups (:func:`param_groups`): softbits at a constant rate, weight step sizes (genie
+only; in the units of the unfolded layer, so BatchNorm folding does not change them) and
+activation step sizes cosine-annealed to 0; the rates and every other default are
+:class:`ReconConfig`'s. QDrop at a unit's input follows ``ReconConfig.qdrop_input``.
 
 Per unit, :func:`reconstruct` captures its inputs and target, initialises its activation step
 sizes, trains (:func:`_train_unit`), hard-rounds its weights to integers, snaps its biases to

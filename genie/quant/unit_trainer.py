@@ -13,7 +13,7 @@ from ..optim import DeviceAdam
 from .act_quantizer import ActQuantizer
 from .fake_quant import bernoulli_mask, mask_as
 from .layers import QuantLayer
-from .recon_primitives import batch_indices, reconstruction_loss, take_rows
+from .recon_primitives import batch_indices, output_units, reconstruction_loss, take_rows
 
 if TYPE_CHECKING:  # only for annotations: the solver imports this module
     from .reconstruction import ReconConfig, _Run, _Unit
@@ -106,6 +106,9 @@ class UnitTrainer:
         # QDrop's scheme: a unit's own input quantizer mixes in the FP input itself, with its mask
         entry = unit.module.input_quant
         self.entry = entry if entry in self.acts and cfg.qdrop_input == "qdrop" else None
+        self.out_weight = output_units(unit.module)  # a lone folded conv's loss, in unfolded units
+        if self.out_weight is not None:
+            self.out_weight = self.out_weight.to(unit.q_in.dtype)
 
     def _schedules(self):
         """Learning rates (one per parameter), beta of Eq. 15 and the warm-up gate, on the device."""
@@ -129,7 +132,7 @@ class UnitTrainer:
                 # drops again with its own mask
                 keep = mask_as(bernoulli_mask(x, cfg.drop_prob, self.generator), x)
                 x = torch.lerp(x, take_rows(self.fp_in, idx), keep)  # weights 0/1: exactly x or the FP input
-        rec = reconstruction_loss(self.module(x), take_rows(self.fp_out, idx))
+        rec = reconstruction_loss(self.module(x), take_rows(self.fp_out, idx), self.out_weight)
         lrs, beta, gate = self._schedules()
         loss = rec
         if self.rounded:
