@@ -66,7 +66,8 @@ def _train_every_unit(model, images, fold_bn: bool):
 def test_folding_does_not_change_what_genie_learns(signed):
     """20 steps of each unit with fold_bn=True and False: each folded quantized weight is the
     unfolded one times its channel's gamma/sigma (the stem too, whose BatchNorm lies outside its
-    unit when not folded), and every unit's losses and errors are the same."""
+    unit when not folded); the stem's and the block's losses and starting errors, and the stem's
+    final error, are the same (the head's input differs by the block's bias snapping, below)."""
     model = _model_with_wide_bn(0, signed)
     images = torch.randn(64, 3, 12, 12, generator=torch.Generator().manual_seed(1))
     folded, folded_units = _train_every_unit(model, images, fold_bn=True)
