@@ -39,6 +39,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="QDrop at a unit's input: qdrop (one mask picks the FP or the quantized input) or reference "
                         f"(the authors' code: mixed, then dropped again by the input quantizer); default "
                         f"{ReconConfig.qdrop_input}")
+    p.add_argument("--keep-ties", dest="guard_ties", action="store_false",
+                   help="leave trained activation step sizes where many calibration values round at a tie "
+                        "(by default they move by under 0.1 %% so float arithmetic cannot decide those roundings)")
     p.add_argument("--round-weight", type=float, default=None,
                    help=f"lambda of the rounding regulariser (Eq. 15; default {ROUND_WEIGHT_GENIE} for genie, "
                         f"{ROUND_WEIGHT_ADAROUND} for adaround)")

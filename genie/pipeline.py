@@ -52,6 +52,7 @@ class RunConfig:
     drop_prob: float = ReconConfig.drop_prob
     qdrop_input: str = ReconConfig.qdrop_input  # qdrop | reference (genie.quant.ReconConfig)
     round_weight: Optional[float] = None  # lambda of Eq. 15; None: the quantizer's default
+    guard_ties: bool = ReconConfig.guard_ties  # move activation steps off populated rounding ties
     test_source: str = "auto"  # CIFAR: auto | npz | lossless100 | torchvision
     data_dir: Optional[str] = None  # ImageNet-style root with train/ and val/
     progress: bool = True
@@ -236,7 +237,8 @@ def check_config(cfg: RunConfig, spec) -> ReconConfig:
     if cfg.export_onnx:
         _check_onnx_export(cfg)
     recon_cfg = ReconConfig(iters=cfg.recon_iters, batch_size=cfg.batch_size, drop_prob=cfg.drop_prob,
-                            qdrop_input=cfg.qdrop_input, round_weight=cfg.round_weight, seed=cfg.seed)
+                            qdrop_input=cfg.qdrop_input, round_weight=cfg.round_weight, seed=cfg.seed,
+                            guard_ties=cfg.guard_ties)
     recon_cfg.validate()
     if cfg.data == "synthetic" and not cfg.calib_file:
         cfg.distill_config().validate()
@@ -312,6 +314,7 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "batch_size": cfg.batch_size,
         "drop_prob": cfg.drop_prob,
         "qdrop_input": cfg.qdrop_input,
+        "guard_ties": cfg.guard_ties,
         "round_weight": recon_cfg.rounding_weight(cfg.quantizer),
         "quantizer": cfg.quantizer,
         "seed": cfg.seed,
@@ -327,7 +330,8 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "cuda_graph": cfg.cuda_graph,
         "units": [
             {"name": u.name, "kind": u.kind, "init_error": u.init_error, "final_error": u.final_error, "seconds": u.seconds,
-             "steps_at_floor": u.steps_at_floor, "lowest_step_ratio": u.lowest_step_ratio}
+             "steps_at_floor": u.steps_at_floor, "lowest_step_ratio": u.lowest_step_ratio,
+             "tie_moves": [vars(m) for m in u.tie_moves]}
             for u in report.units
         ],
         **distill_info,

@@ -142,7 +142,8 @@ def test_qdrop_probability_one_trains(resnet20, calib64):
         if isinstance(event, UnitStart) and event.name == "layer1.0":
             act_scales.update({id(q): q.scale.detach().clone() for q in acts})
 
-    report = reconstruct(qm, calib64, iters=3, drop_prob=1.0, progress=False, callback=at_start)
+    # guard_ties off: after training it may move a step by a few 1e-5, which is not training
+    report = reconstruct(qm, calib64, iters=3, drop_prob=1.0, progress=False, callback=at_start, guard_ties=False)
     assert report.units[1].losses.shape == (3,) and bool(torch.isfinite(report.units[1].losses).all())
     assert len(act_scales) == len(acts) == 2
     assert all(torch.equal(q.scale, act_scales[id(q)]) for q in acts)
@@ -338,9 +339,9 @@ def _entry_quantizer_io(resnet20, calib64, qdrop_input):
     seen = []
     hook = entry.register_forward_hook(
         lambda m, inputs, out: seen.append((inputs[0].detach(), out.detach(), m.scale.detach().clone())))
-    reconstruct(qm, calib64, iters=1, drop_prob=0.5, qdrop_input=qdrop_input, progress=False)
+    reconstruct(qm, calib64, iters=1, drop_prob=0.5, qdrop_input=qdrop_input, progress=False, guard_ties=False)
     hook.remove()
-    return seen[-2]  # the last call is the error after training
+    return seen[-2]  # the last call is the error after training (no tie guard's pass before it)
 
 
 @pytest.mark.parametrize("qdrop_input", ["qdrop", "reference"])

@@ -14,7 +14,8 @@ activation step sizes cosine-annealed to 0; the rates and every other default ar
 
 Per unit, :func:`reconstruct` captures its inputs and target, initialises its activation step
 sizes, trains (:func:`_train_unit`), hard-rounds its weights to integers, snaps its biases to
-the integer grid and reports the errors before and after.
+the integer grid, moves its activation step sizes off rounding ties that many calibration values
+sit on (:mod:`genie.quant.rounding_ties`) and reports the errors before and after.
 
 The hot loop does not synchronise with the host: batch indices are drawn up front on the
 device, QDrop masks come from a device generator, and losses are written into a device buffer
@@ -43,6 +44,7 @@ from .capture import TeacherActivations, chained_units, student_input
 from .layers import QuantLayer
 from .qmodel import QuantizedModel, check_calibration_images
 from .step_size import ACT_SEARCH_SAMPLE
+from .rounding_ties import guard_ties
 from .recon_primitives import (
     batch_indices,
     images_on,
@@ -98,6 +100,7 @@ class ReconConfig:
     chunk_size: Optional[int] = None  # images per forward when caching unit inputs
     capture_mb: int = 2048  # teacher activations captured in one forward pass (genie.quant.capture)
     act_search_sample: Optional[int] = ACT_SEARCH_SAMPLE  # values ranking step sizes first; None: exhaustive
+    guard_ties: bool = True  # move trained activation steps off populated rounding ties (genie.quant.rounding_ties)
 
     def rounding_weight(self, method: str) -> float:
         """lambda of Eq. 15 for weight quantizer ``method``: ``round_weight``, or by default
@@ -138,6 +141,7 @@ class UnitReport:
     losses: torch.Tensor = field(repr=False)
     steps_at_floor: int = 0  # learned step sizes (elements) the min_scale_ratio floor held at some iteration
     lowest_step_ratio: float = 1.0  # the smallest step size / its start any update asked for (floor aside)
+    tie_moves: list = field(default_factory=list)  # activation steps moved off rounding ties (TieMove)
 
 
 @dataclass
@@ -346,11 +350,13 @@ def reconstruct(
             # 4. hard-round: integer weights only; 5. the int32 bias an integer runtime adds
             _finalize_unit(module)
             snap_biases(module)
-            # 6. report (the outputs are the next unit's input when it reads this unit's output)
+            # 6. no step that rounds many values at a tie, which float arithmetic would decide
+            ties = guard_ties(module, unit.q_in[:run.chunk]) if cfg.guard_ties else []
+            # 7. report (the outputs are the next unit's input when it reads this unit's output)
             keep = index + 1 < len(units) and chained[index + 1]
             final_error, previous_output = _checked_error(unit, run.chunk, "after training", keep_output=keep)
             seconds = time.perf_counter() - t0
-            reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses, at_floor, lowest))
+            reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses, at_floor, lowest, ties))
             emit(callback, UnitEnd(index, name, unit.kind, init_error, final_error, losses, seconds))
             del unit  # its captured tensors, before the next unit's are made
     return ReconReport(reports, time.perf_counter() - t_start)
