@@ -65,6 +65,19 @@ def test_bn_folding_preserves_the_function(resnet20):
         assert torch.allclose(folded(x), resnet20(x), atol=1e-4)
 
 
+def test_quantizing_a_model_without_torchvision_blocks_does_not_import_torchvision():
+    """torchvision's block types join the table once torchvision is imported (importing it
+    costs about 2 s, a tenth of ``make demo``'s reconstruction)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from genie.models.cifar_resnet import CifarResNet; from genie.quant import quantize_model; "
+            "qm = quantize_model(CifarResNet(20).eval(), torch.randn(2, 3, 32, 32)); "
+            "print(sum(type(m).__name__ == 'QuantBlock' for _, m in qm.units()), 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["9", "False"]
+
+
 def _tv_model(name):
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 

@@ -13,6 +13,7 @@ imports the zoo).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -79,18 +80,28 @@ def register_block(block_type: type, parts) -> None:
     _REGISTERED[block_type] = parts
 
 
-def default_block_table() -> dict:
-    """``{block type: parts function}`` for torchvision's blocks and every registered block type."""
-    from torchvision.models import mnasnet, mobilenetv2, regnet, resnet
+# torchvision's block types: (module, class name, parts function)
+_TORCHVISION_BLOCKS = (
+    ("torchvision.models.resnet", "BasicBlock", _tv_basic),
+    ("torchvision.models.resnet", "Bottleneck", _tv_bottleneck),
+    ("torchvision.models.mobilenetv2", "InvertedResidual", _tv_inverted_residual),
+    ("torchvision.models.mnasnet", "_InvertedResidual", _tv_mnasnet_inverted_residual),
+    ("torchvision.models.regnet", "ResBottleneckBlock", _tv_regnet_bottleneck),
+)
 
-    return {
-        **_REGISTERED,
-        resnet.BasicBlock: _tv_basic,
-        resnet.Bottleneck: _tv_bottleneck,
-        mobilenetv2.InvertedResidual: _tv_inverted_residual,
-        mnasnet._InvertedResidual: _tv_mnasnet_inverted_residual,
-        regnet.ResBottleneckBlock: _tv_regnet_bottleneck,
-    }
+
+def default_block_table() -> dict:
+    """``{block type: parts function}`` for torchvision's blocks and every registered block type.
+
+    A model can hold one of torchvision's blocks only once the module defining it is imported,
+    so the table takes those types from ``sys.modules``: importing torchvision here would cost
+    every other model about 2 s."""
+    table = dict(_REGISTERED)
+    for module_name, class_name, parts in _TORCHVISION_BLOCKS:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            table[getattr(module, class_name)] = parts
+    return table
 
 
 def is_weight_layer(module: nn.Module) -> bool:
