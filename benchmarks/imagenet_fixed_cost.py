@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         return wrapper
 
     for name, label in (("_capture_unit", "captures"), ("init_activations", "activation step sizes"),
-                        ("_checked_error", "errors")):
+                        ("_checked_error", "errors"), ("guard_ties", "tie guard")):
         setattr(recon, name, timed(label, getattr(recon, name)))
     t0 = time.perf_counter()
     qmodel = quantize_model(model, images, w_bits=4, a_bits=4)

@@ -351,7 +351,7 @@ def reconstruct(
             _finalize_unit(module)
             snap_biases(module)
             # 6. no step that rounds many values at a tie, which float arithmetic would decide
-            ties = guard_ties(module, unit.q_in[:run.chunk]) if cfg.guard_ties else []
+            ties = guard_ties(module, unit.q_in) if cfg.guard_ties else []
             # 7. report (the outputs are the next unit's input when it reads this unit's output)
             keep = index + 1 < len(units) and chained[index + 1]
             final_error, previous_output = _checked_error(unit, run.chunk, "after training", keep_output=keep)

@@ -33,6 +33,11 @@ TIE_TOLERANCE = 2e-5
 # by at least 3 tolerances, so it leaves the tie under every candidate
 TIE_STRIDE = 3 * TIE_TOLERANCE
 TIE_CANDIDATES = 8
+# what the guard looks at: the first 256 images of a unit's input, fewer where they hold more
+# than 2^22 values (10 images at MobileNetV2's first block at 224 px): a lattice shows in every
+# image, and memory and time stay small
+GUARD_IMAGES = 256
+GUARD_VALUES = 2**22
 
 
 @dataclass
@@ -57,11 +62,15 @@ def tie_counts(x: torch.Tensor, scale: float, qmin: int, qmax: int, factors: tor
     the elements whose value in steps of ``scale * factor`` is at a rounding tie strictly inside
     ``[qmin, qmax]``."""
     channels = x.shape[1]
-    u = x.detach().double() / scale
-    reach = TIE_TOLERANCE + TIE_STRIDE * TIE_CANDIDATES  # only elements some candidate can put at a tie
+    x = x.detach()
+    # a first pass in x's dtype keeps only the values some candidate can put at a tie (about
+    # 1e-3 of them); those are judged in float64
+    u = x / scale
+    reach = TIE_TOLERANCE + TIE_STRIDE * TIE_CANDIDATES
     close = ((u - u.floor() - 0.5).abs() <= reach * u.abs().clamp(min=1.0)) & (u > qmin - 1) & (u < qmax + 1)
-    index = close.nonzero()
-    values, channel = u[close], index[:, 1]
+    del u
+    channel = close.nonzero()[:, 1]
+    values = x[close].double() / scale
     counts = torch.zeros(len(factors), channels, dtype=torch.int64, device=x.device)
     for i, factor in enumerate(factors.tolist()):
         v = values / factor
@@ -88,10 +97,12 @@ def choose_factor(counts: torch.Tensor) -> tuple:
 
 
 @torch.no_grad()
-def guard_ties(unit: nn.Module, inputs: torch.Tensor) -> list:
+def guard_ties(unit: nn.Module, inputs: torch.Tensor, max_images: int = GUARD_IMAGES,
+               max_values: int = GUARD_VALUES) -> list:
     """Move the step of each active :class:`ActQuantizer` of ``unit`` off populated rounding
-    ties, judged on the unit's calibration ``inputs`` ``(N, ...)`` (one forward pass; each
-    quantizer is judged on its input with the quantizers before it already moved). Call it with
+    ties, judged on the unit's calibration ``inputs`` ``(N, ...)``: one forward pass of the first
+    ``max_images`` images, fewer where they hold more than ``max_values`` values (at least one),
+    in which each quantizer is judged on its input with the quantizers before it already moved. Call it with
     QDrop off, weights hard-rounded and biases snapped (:func:`genie.quant.bias.snap_biases`,
     which it calls again after each move). Returns a :class:`TieMove` for each step it moved."""
     moves, handles, judged = [], [], set()
@@ -113,6 +124,7 @@ def guard_ties(unit: nn.Module, inputs: torch.Tensor) -> list:
                 moves.append(TieMove(name, float(factors[best]), before, after))
         return hook
 
+    inputs = inputs[:max(1, min(max_images, max_values // max(1, inputs[0].numel())))]
     seen = set()
     for name, m in unit.named_modules():
         if isinstance(m, ActQuantizer) and id(m) not in seen:
