@@ -109,3 +109,28 @@ def test_choose_factor():
     lattice[:, 1] = 300  # many values near ties at every candidate: not flagged, nothing to gain
     lattice[0, 1] = 400
     assert choose_factor(lattice) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_reconstruct_guards_each_finalized_unit_and_reports_the_moves(resnet20, calib64, monkeypatch, guard):
+    import genie.quant.reconstruction as recon
+    from genie.quant.rounding_ties import TieMove
+
+    calls = []
+
+    def spy(unit, inputs):
+        calls.append((unit, inputs.shape[0], all(m.weight_quant.is_integer for m in unit.modules()
+                                                 if hasattr(m, "weight_quant"))))
+        return [TieMove("main.3", 1.00006, 100, 0)] if len(calls) == 2 else []
+
+    monkeypatch.setattr(recon, "guard_ties", spy)
+    qm = quantize_model(resnet20, calib64)
+    qm.unit_names = qm.unit_names[:3]
+    report = reconstruct(qm, calib64, iters=2, guard_ties=guard, progress=False)
+    if not guard:
+        assert calls == [] and all(u.tie_moves == [] for u in report.units)
+        return
+    units = dict(qm.named_modules())
+    assert [c[0] for c in calls] == [units[f"net.{n}"] for n in ("conv1", "layer1.0", "layer1.1")]
+    assert all(n == 64 and finalized for _, n, finalized in calls)  # hard-rounded when judged
+    assert [len(u.tie_moves) for u in report.units] == [0, 1, 0] and report.units[1].tie_moves[0].factor == 1.00006
