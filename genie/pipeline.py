@@ -330,10 +330,10 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "cuda_graph": cfg.cuda_graph,
         "units": [
             {"name": u.name, "kind": u.kind, "init_error": u.init_error, "final_error": u.final_error, "seconds": u.seconds,
-             "steps_at_floor": u.steps_at_floor, "lowest_step_ratio": u.lowest_step_ratio}
+             "steps_at_floor": u.steps_at_floor, "lowest_step_ratio": u.lowest_step_ratio,
+             "tie_moves": [vars(m) for m in u.tie_moves]}
             for u in report.units
         ],
-        "tie_moves": [vars(m) for m in report.tie_moves],
         **distill_info,
         "torch_version": str(torch.__version__),
         "genie_version": __version__,

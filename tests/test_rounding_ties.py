@@ -112,27 +112,25 @@ def test_choose_factor():
 
 
 @pytest.mark.parametrize("guard", [True, False])
-def test_reconstruct_guards_the_trained_model_once_and_reports_the_moves(resnet20, calib64, monkeypatch, guard):
-    """After every unit is trained and hard-rounded (so the guard changes no unit's training),
-    one pass over the calibration images; guard_ties=False skips it."""
+def test_reconstruct_guards_each_finalized_unit_and_reports_the_moves(resnet20, calib64, monkeypatch, guard):
     import genie.quant.reconstruction as recon
     from genie.quant.rounding_ties import TieMove
 
     calls = []
 
-    def spy(net, inputs):
-        layers = [m for m in net.modules() if hasattr(m, "weight_quant")]
-        calls.append((net, inputs, sum(m.weight_quant.is_integer for m in layers)))
-        return [TieMove("layer1.0.main.3", 1.00006, 100, 0)]
+    def spy(unit, inputs):
+        calls.append((unit, inputs.shape[0], all(m.weight_quant.is_integer for m in unit.modules()
+                                                 if hasattr(m, "weight_quant"))))
+        return [TieMove("main.3", 1.00006, 100, 0)] if len(calls) == 2 else []
 
     monkeypatch.setattr(recon, "guard_ties", spy)
     qm = quantize_model(resnet20, calib64)
     qm.unit_names = qm.unit_names[:3]
     report = reconstruct(qm, calib64, iters=2, guard_ties=guard, progress=False)
     if not guard:
-        assert calls == [] and report.tie_moves == []
+        assert calls == [] and all(u.tie_moves == [] for u in report.units)
         return
-    ((net, inputs, finalized),) = calls
-    assert net is qm.net and torch.equal(inputs, calib64)
-    assert finalized == 5  # conv1 and the two convolutions of layer1.0 and of layer1.1: every unit trained
-    assert [m.factor for m in report.tie_moves] == [1.00006]
+    units = dict(qm.named_modules())
+    assert [c[0] for c in calls] == [units[f"net.{n}"] for n in ("conv1", "layer1.0", "layer1.1")]
+    assert all(n == 64 and finalized for _, n, finalized in calls)  # hard-rounded when judged
+    assert [len(u.tie_moves) for u in report.units] == [0, 1, 0] and report.units[1].tie_moves[0].factor == 1.00006

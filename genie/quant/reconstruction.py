@@ -14,9 +14,8 @@ activation step sizes cosine-annealed to 0; the rates and every other default ar
 
 Per unit, :func:`reconstruct` captures its inputs and target, initialises its activation step
 sizes, trains (:func:`_train_unit`), hard-rounds its weights to integers, snaps its biases to
-the integer grid and reports the errors before and after. Once every unit is done, one pass
-over the calibration images moves activation step sizes off rounding ties that many values sit
-on (:mod:`genie.quant.rounding_ties`): after training, so it changes no unit's training.
+the integer grid, moves its activation step sizes off rounding ties that many calibration values
+sit on (:mod:`genie.quant.rounding_ties`) and reports the errors before and after.
 
 The hot loop does not synchronise with the host: batch indices are drawn up front on the
 device, QDrop masks come from a device generator, and losses are written into a device buffer
@@ -101,7 +100,7 @@ class ReconConfig:
     chunk_size: Optional[int] = None  # images per forward when caching unit inputs
     capture_mb: int = 2048  # teacher activations captured in one forward pass (genie.quant.capture)
     act_search_sample: Optional[int] = ACT_SEARCH_SAMPLE  # values ranking step sizes first; None: exhaustive
-    guard_ties: bool = True  # at the end, move activation steps off populated rounding ties (genie.quant.rounding_ties)
+    guard_ties: bool = True  # move trained activation steps off populated rounding ties (genie.quant.rounding_ties)
 
     def rounding_weight(self, method: str) -> float:
         """lambda of Eq. 15 for weight quantizer ``method``: ``round_weight``, or by default
@@ -142,13 +141,13 @@ class UnitReport:
     losses: torch.Tensor = field(repr=False)
     steps_at_floor: int = 0  # learned step sizes (elements) the min_scale_ratio floor held at some iteration
     lowest_step_ratio: float = 1.0  # the smallest step size / its start any update asked for (floor aside)
+    tie_moves: list = field(default_factory=list)  # activation steps moved off rounding ties (TieMove)
 
 
 @dataclass
 class ReconReport:
     units: list
     seconds: float
-    tie_moves: list = field(default_factory=list)  # activation steps moved off rounding ties (TieMove)
 
     def table(self) -> str:
         rows = [f"{'unit':<24} {'kind':<18} {'init err':>10} {'final err':>10} {'s':>7}"]
@@ -308,9 +307,6 @@ def reconstruct(
     from, with the same BatchNorm folding (``genie.quant.prepare_fp_model(model, fold_bn)``);
     default ``qmodel.teacher`` (kept by :func:`genie.quant.quantize_model`).
     Events (:class:`UnitStart`, :class:`UnitProgress`, :class:`UnitEnd`) go to ``callback``.
-    With ``guard_ties`` (default), the trained model's activation steps are then moved off
-    populated rounding ties (:func:`genie.quant.rounding_ties.guard_ties`; the report's
-    ``tie_moves``); the units' reported errors are from before, which moves them by ~1e-4.
     ``cuda_graph``: on a GPU, replay each unit's training step as a captured CUDA graph.
     """
     cfg = ReconConfig(**{**(config.__dict__ if config else {}), **overrides}).validate()
@@ -354,13 +350,13 @@ def reconstruct(
             # 4. hard-round: integer weights only; 5. the int32 bias an integer runtime adds
             _finalize_unit(module)
             snap_biases(module)
-            # 6. report (the outputs are the next unit's input when it reads this unit's output)
+            # 6. no step that rounds many values at a tie, which float arithmetic would decide
+            ties = guard_ties(module, unit.q_in) if cfg.guard_ties else []
+            # 7. report (the outputs are the next unit's input when it reads this unit's output)
             keep = index + 1 < len(units) and chained[index + 1]
             final_error, previous_output = _checked_error(unit, run.chunk, "after training", keep_output=keep)
             seconds = time.perf_counter() - t0
-            reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses, at_floor, lowest))
+            reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses, at_floor, lowest, ties))
             emit(callback, UnitEnd(index, name, unit.kind, init_error, final_error, losses, seconds))
             del unit  # its captured tensors, before the next unit's are made
-        # 7. no step that rounds many values at a tie, where float arithmetic would decide
-        ties = guard_ties(qmodel.net, images) if cfg.guard_ties else []
-    return ReconReport(reports, time.perf_counter() - t_start, ties)
+    return ReconReport(reports, time.perf_counter() - t_start)

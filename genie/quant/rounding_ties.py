@@ -4,18 +4,16 @@ The values that reach an activation quantizer often lie on a lattice: integers t
 before, times integer weights, plus an integer bias. LSQ learns the step through the
 straight-through estimator, whose gradient jumps where values cross a rounding tie, and such a
 jump can hold the step where many lattice values sit exactly on ties. Measured on the W4A4
-ResNet-20 of the end-to-end test (256 real images, 300 iterations per unit, one thread): in one
-channel 1127 of 256000 test elements took one value 2e-6 of a step from a tie, because the
-learned steps satisfied ``s_in * s_w / s_out = 11/256`` to 4e-7. Which way such an element
-rounds then depends on the order of float additions, so onnxruntime or a float64 evaluation of
-the same integer model changed the prediction of 85 test images of 10000 (5 on a model without
-such a tie).
+ResNet-20 of the end-to-end test (256 real images, 300 iterations per unit): in one channel
+1127 of 256000 test elements took one value 2e-6 of a step from a tie, because the learned steps
+satisfied ``s_in * s_w / s_out = 11/256`` to 4e-7. Which way such an element rounds then depends
+on the order of float additions, so onnxruntime or a float64 evaluation of the same integer
+model changed the prediction of 85 test images of 10000 (5 on a model without such a tie).
 
-:func:`guard_ties` runs calibration images through a trained quantized model (or one unit) and
-moves each step that many values sit on ties by a few 1e-4 of itself, taking those values off
-the ties: every other value rounds as before up to that relative shift, and the model no longer
-depends on float arithmetic there. :func:`genie.quant.reconstruct` calls it once every unit is
-trained, so training itself is the paper's.
+:func:`guard_ties` looks for such channels on calibration inputs once a unit is trained, and
+moves the step by a few 1e-4 of itself to take those values off the ties: the rounding of every
+other element is unchanged up to that relative shift, and the model no longer depends on float
+arithmetic there.
 """
 from __future__ import annotations
 
@@ -35,8 +33,9 @@ TIE_TOLERANCE = 2e-5
 # by at least 3 tolerances, so it leaves the tie under every candidate
 TIE_STRIDE = 3 * TIE_TOLERANCE
 TIE_CANDIDATES = 8
-# what the guard looks at: the first 256 inputs, fewer where they hold more than 2^22 values
-# (27 images of 224 px): a lattice shows in every image, and memory and time stay small
+# what the guard looks at: the first 256 images of a unit's input, fewer where they hold more
+# than 2^22 values (10 images at MobileNetV2's first block at 224 px): a lattice shows in every
+# image, and memory and time stay small
 GUARD_IMAGES = 256
 GUARD_VALUES = 2**22
 
@@ -100,14 +99,12 @@ def choose_factor(counts: torch.Tensor) -> tuple:
 @torch.no_grad()
 def guard_ties(unit: nn.Module, inputs: torch.Tensor, max_images: int = GUARD_IMAGES,
                max_values: int = GUARD_VALUES) -> list:
-    """Move the step of each active :class:`ActQuantizer` of ``unit`` (a quantized model's
-    ``net``, or one unit of it) off populated rounding ties, judged on calibration ``inputs``
-    ``(N, ...)`` of ``unit``: one forward pass of the first ``max_images`` inputs, fewer where
-    they hold more than ``max_values`` values (at least one), in which each quantizer is judged
-    on its input with the quantizers before it already moved. Call it with QDrop off, weights
-    hard-rounded and biases snapped (:func:`genie.quant.bias.snap_biases`, which it calls again
-    after each move). Returns a :class:`TieMove` (the quantizer's name in ``unit``) for each
-    step it moved."""
+    """Move the step of each active :class:`ActQuantizer` of ``unit`` off populated rounding
+    ties, judged on the unit's calibration ``inputs`` ``(N, ...)``: one forward pass of the first
+    ``max_images`` images, fewer where they hold more than ``max_values`` values (at least one),
+    in which each quantizer is judged on its input with the quantizers before it already moved. Call it with
+    QDrop off, weights hard-rounded and biases snapped (:func:`genie.quant.bias.snap_biases`,
+    which it calls again after each move). Returns a :class:`TieMove` for each step it moved."""
     moves, handles, judged = [], [], set()
     factors = _candidate_factors()
 
@@ -117,7 +114,7 @@ def guard_ties(unit: nn.Module, inputs: torch.Tensor, max_images: int = GUARD_IM
                 return
             judged.add(name)
             qmin, qmax = quantizer.qrange
-            scale = float(quantizer.scale.detach())
+            scale = float(quantizer.scale)
             best, before, after = choose_factor(tie_counts(args[0], scale, qmin, qmax, factors))
             if best:
                 quantizer.scale.mul_(float(factors[best]))
