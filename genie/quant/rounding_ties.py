@@ -60,6 +60,11 @@ def _candidate_factors() -> torch.Tensor:
     return 1.0 + TIE_STRIDE * torch.tensor(ks, dtype=torch.float64)
 
 
+def _near_tie(u: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Whether each value ``u`` (in steps) is within ``tolerance * max(1, |u|)`` of a half-integer."""
+    return (u - u.floor() - 0.5).abs() <= tolerance * u.abs().clamp(min=1.0)
+
+
 def tie_counts(x: torch.Tensor, scale: float, qmin: int, qmax: int, factors: torch.Tensor) -> torch.Tensor:
     """``(len(factors), C)`` int64: per channel (dim 1 of ``x``, ``(N, C, ...)`` or ``(N, C)``),
     the elements whose value in steps of ``scale * factor`` is at a rounding tie strictly inside
@@ -70,14 +75,14 @@ def tie_counts(x: torch.Tensor, scale: float, qmin: int, qmax: int, factors: tor
     # 1e-3 of them); those are judged in float64
     u = x / scale
     reach = TIE_TOLERANCE + TIE_STRIDE * TIE_CANDIDATES
-    close = ((u - u.floor() - 0.5).abs() <= reach * u.abs().clamp(min=1.0)) & (u > qmin - 1) & (u < qmax + 1)
+    close = _near_tie(u, reach) & (u > qmin - 1) & (u < qmax + 1)
     del u
     channel = close.nonzero()[:, 1]
     values = x[close].double() / scale
     counts = torch.zeros(len(factors), channels, dtype=torch.int64, device=x.device)
     for i, factor in enumerate(factors.tolist()):
         v = values / factor
-        hit = ((v - v.floor() - 0.5).abs() <= TIE_TOLERANCE * v.abs().clamp(min=1.0)) & (v > qmin) & (v < qmax)
+        hit = _near_tie(v, TIE_TOLERANCE) & (v > qmin) & (v < qmax)
         counts[i] = torch.bincount(channel[hit], minlength=channels)
     return counts
 
