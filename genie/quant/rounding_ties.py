@@ -133,10 +133,8 @@ def guard_ties(unit: nn.Module, inputs: torch.Tensor, max_images: int = GUARD_IM
         return hook
 
     inputs = inputs[:max(1, min(max_images, max_values // max(1, inputs[0].numel())))]
-    seen = set()
-    for name, m in unit.named_modules():
-        if isinstance(m, ActQuantizer) and id(m) not in seen:
-            seen.add(id(m))
+    for name, m in unit.named_modules():  # each module once, even where it is shared
+        if isinstance(m, ActQuantizer):
             handles.append(m.register_forward_pre_hook(judge(name)))
     try:
         unit(inputs)
