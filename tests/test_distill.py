@@ -312,13 +312,16 @@ def test_load_distilled_rejects_other_files(tmp_path):
         load_distilled(tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("form", ["phases", "transposed"])
 @pytest.mark.parametrize("groups,cin,cout", [(1, 6, 4), (3, 5, 3)])
-def test_upsample_conv3x3_is_upsample_then_conv(groups, cin, cout):
-    """The generator's phase-wise convolution equals nearest upsampling x2 followed by a 3x3
-    convolution (padding 1), values and gradients, in both memory layouts."""
+def test_upsample_conv3x3_is_upsample_then_conv(groups, cin, cout, form):
+    """The generator's phase-wise and transposed convolutions each equal nearest upsampling x2
+    followed by a 3x3 convolution (padding 1), values and gradients, in both memory layouts."""
     import torch.nn.functional as F
 
-    from genie.distill.generator import upsample_conv3x3
+    from genie.distill.generator import upsample_conv3x3 as phases, upsample_conv3x3_transposed as transposed
+
+    upsample_conv3x3 = {"phases": phases, "transposed": transposed}[form]
 
     g = torch.Generator().manual_seed(0)
     for layout in (torch.contiguous_format, torch.channels_last):

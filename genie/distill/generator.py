@@ -54,6 +54,23 @@ def upsample_conv3x3(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     return phases.reshape(n, groups * cout, 2 * height, 2 * width)
 
 
+def upsample_conv3x3_transposed(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    """The same map as :func:`upsample_conv3x3`, as one stride-2 transposed convolution with a 4x4
+    kernel: output row 2i sees input rows i-1 (w0) and i (w1 + w2), row 2i + 1 rows i (w0 + w1)
+    and i + 1 (w2), so the kernel's taps along each axis are (w2, w1 + w2, w0 + w1, w0) and
+    padding 1 crops the two extra rows. The library writes the phases straight into place, so no
+    interleaving copy. On this project's CPUs (oneDNN, channels-last) it is ~1.4x faster than the
+    phase-wise convolution for the generator's 128 -> 64 layer (forward and backward), and slower
+    for the 64 -> 3 layer, where the copy is small."""
+    w = weight
+    rows = torch.stack([w[:, :, 2], w[:, :, 1] + w[:, :, 2], w[:, :, 0] + w[:, :, 1], w[:, :, 0]], 2)  # (C_out, C_in, 4, 3)
+    k = torch.stack([rows[..., 2], rows[..., 1] + rows[..., 2], rows[..., 0] + rows[..., 1], rows[..., 0]], 3)
+    # conv_transpose2d wants (C_in, C_out / groups, 4, 4), grouped along C_in
+    cout, cin = w.shape[0] // groups, w.shape[1]
+    k = k.reshape(groups, cout, cin, 4, 4).transpose(1, 2).reshape(groups * cin, cout, 4, 4)
+    return F.conv_transpose2d(h, k, bias, stride=2, padding=1, groups=groups)
+
+
 class StackedGenerator(nn.Module):
     """``len(generators)`` independent generators; ``generators`` (CPU torch.Generator, one per
     batch) draw each one's initial weights (PyTorch's default Linear/Conv2d initialisation)."""
@@ -98,7 +115,7 @@ class StackedGenerator(nn.Module):
         if h.device.type == "cpu":  # oneDNN convolutions are about twice as fast channels-last on CPUs
             h = h.contiguous(memory_format=torch.channels_last)
         h = F.batch_norm(h, None, None, self.bn1_w, self.bn1_b, training=True)
-        h = upsample_conv3x3(h, self.conv1_w, self.conv1_b, g)  # Upsample x2 -> Conv3x3
+        h = upsample_conv3x3_transposed(h, self.conv1_w, self.conv1_b, g)  # Upsample x2 -> Conv3x3
         if h.device.type == "cpu":
             h = h.contiguous(memory_format=torch.channels_last)
         h = F.batch_norm(h, None, None, self.bn2_w, self.bn2_b, training=True)
