@@ -56,6 +56,31 @@ def swing_crop(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, c, h, w)
 
 
+def _reflect_shift(x: torch.Tensor, offset: int, dim: int) -> torch.Tensor:
+    """Rows ``offset .. offset + size - 1`` of ``x`` reflection-padded by 1 along ``dim``, without
+    the padded tensor: offset 1 is ``x``, offset 0 puts row 1 before rows 0..size-2, offset 2
+    puts row size-2 after rows 1..size-1."""
+    size = x.shape[dim]
+    if offset == 1:
+        return x
+    if offset == 0:
+        return torch.cat([x.narrow(dim, 1, 1), x.narrow(dim, 0, size - 1)], dim)
+    return torch.cat([x.narrow(dim, 1, size - 1), x.narrow(dim, size - 2, 1)], dim)
+
+
+def swing_crop_host(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """:func:`swing_crop` with the offsets read on the host: each group's window is two
+    concatenations of slices of ``x``, with no padded tensor and no gather. Same values; the
+    gradient sums the same terms (up to their order). For CPUs, where reading ``offsets`` costs
+    nothing: forward and backward ~3x faster than the gather (ResNet-20's strided layers at
+    128 images). A CUDA step keeps :func:`swing_crop`, which stays on the device (graph capture)."""
+    groups = offsets.shape[0]
+    size = x.shape[0] // groups
+    parts = [_reflect_shift(_reflect_shift(x[g * size : (g + 1) * size], dy, 2), dx, 3)
+             for g, (dy, dx) in enumerate(offsets.tolist())]
+    return parts[0] if groups == 1 else torch.cat(parts)
+
+
 class SwingConv2d(nn.Module):
     """A strided ``Conv2d`` whose input swings over the 9 windows while ``enabled``."""
 
@@ -69,7 +94,7 @@ class SwingConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or self.control is None:
             return self.conv(x)
-        crop = swing_crop(x, self.control.offsets(self.layer_id))
+        crop = (swing_crop_host if x.device.type == "cpu" else swing_crop)(x, self.control.offsets(self.layer_id))
         if is_channels_last(x):
             crop = crop.contiguous(memory_format=torch.channels_last)  # keep the layout the caller chose
         return self.conv(crop)
