@@ -17,3 +17,38 @@ def test_benchmark_script_quick(tmp_path):
     assert [r["bits"] for r in result["rows"]] == ["W4A4", "W2A4"]
     assert all(0 <= r["q_top1"] <= 100 and r["test_file"] == "cifar10_test_first100_lossless.npz" for r in result["rows"])
     assert "| bench | row |" in (tmp_path / "pipeline-quick.md").read_text()
+
+
+def test_paired_top1_script(tmp_path, resnet20, calib64):
+    """Two saved runs compared image by image: the counts agree with each model's own top-1, and a
+    run compared with itself differs nowhere (p = 1)."""
+    from genie.data import cifar10_test, evaluate
+    from genie.models import model_spec
+    from genie.quant import quantize_model, save_quantized
+
+    spec = model_spec("resnet20_cifar10")
+    test = cifar10_test(spec.mean, spec.std)
+    first = (test.images[:500], test.labels[:500])
+    runs = []
+    for name, bits in (("w4", 4), ("w2", 2)):
+        run = tmp_path / name
+        run.mkdir()
+        qm = quantize_model(resnet20, calib64, w_bits=bits, a_bits=4)
+        qm.finalize()  # round to nearest
+        save_quantized(qm, run / "qmodel.pt")
+        top1 = evaluate(qm, first, progress=False)["top1"]
+        (run / "result.json").write_text(json.dumps({"model": "resnet20_cifar10", "test_file": "cifar10_test.npz",
+                                                     "q_top1": top1}))
+        runs.append((str(run), top1))
+    (a, top1_a), (b, top1_b) = runs
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "paired_top1.py"), a, b, a, a, "--images", "500",
+           "--threads", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    cross, same = json.loads((out / "paired_top1.json").read_text())
+    assert abs(cross["top1_a"] - top1_a) < 1e-9 and abs(cross["top1_b"] - top1_b) < 1e-9
+    assert cross["predictions_differ"] > 0
+    assert abs((cross["only_a_right"] - cross["only_b_right"]) / 5 - (top1_a - top1_b)) < 1e-9
+    assert same["predictions_differ"] == 0 and same["p_value"] == 1.0
+    assert "| w4 | w2 |" in (out / "paired_top1.md").read_text()
