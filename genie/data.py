@@ -197,6 +197,33 @@ def sample_images(dataset, num_images: int, seed: int = 0) -> LabeledImages:
 
 
 @torch.no_grad()
+def _eval_batch_size(device: torch.device) -> int:
+    return 1000 if device.type == "cuda" else 100  # small batches stay in CPU caches
+
+
+def _eval_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cpu" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions
+    return x
+
+
+@torch.no_grad()
+def predict_classes(model: nn.Module, images: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    """The top-1 class ``(N,)`` (int64, on the CPU) of each image ``(N, C, H, W)``, computed in the
+    batches and memory layout :func:`evaluate` uses, so the predictions are the ones behind its
+    top-1 (the same float arithmetic)."""
+    device = model_device(model)
+    batch_size = batch_size or _eval_batch_size(device)
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(_eval_input(images[i : i + batch_size], device)).argmax(1).cpu()
+                          for i in range(0, len(images), batch_size)])
+    finally:
+        model.train(was_training)
+
+
 def evaluate(
     model: nn.Module, data, batch_size: Optional[int] = None, progress: bool = True, desc: str = "evaluate"
 ) -> dict:
@@ -206,8 +233,7 @@ def evaluate(
     iterable of ``(images, labels)`` batches. Runs on the model's device, in eval mode.
     """
     device = model_device(model)
-    if batch_size is None:
-        batch_size = 1000 if device.type == "cuda" else 100  # small batches stay in CPU caches
+    batch_size = batch_size or _eval_batch_size(device)
     was_training = model.training
     model.eval()
     if isinstance(data, LabeledImages):
@@ -234,9 +260,7 @@ def evaluate(
     for x, y in progress_iter(batches, total, desc, show=progress):
         if len(y) != len(x):
             raise GenieError(f"evaluate() got a batch of {len(x)} images with {len(y)} labels")
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if device.type == "cpu" and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)  # faster oneDNN convolutions
+        x, y = _eval_input(x, device), y.to(device, non_blocking=True)
         logits = model(x)
         classes = logits.shape[1]
         out_of_range += ((y < 0) | (y >= classes)).sum()
