@@ -196,7 +196,6 @@ def sample_images(dataset, num_images: int, seed: int = 0) -> LabeledImages:
     return LabeledImages(images, labels, f"{len(pick)} images drawn with seed {seed}")
 
 
-@torch.no_grad()
 def _eval_batch_size(device: torch.device) -> int:
     return 1000 if device.type == "cuda" else 100  # small batches stay in CPU caches
 
@@ -214,7 +213,8 @@ def predict_classes(model: nn.Module, images: torch.Tensor, batch_size: Optional
     batches and memory layout :func:`evaluate` uses, so the predictions are the ones behind its
     top-1 (the same float arithmetic)."""
     device = model_device(model)
-    batch_size = batch_size or _eval_batch_size(device)
+    if batch_size is None:
+        batch_size = _eval_batch_size(device)
     was_training = model.training
     model.eval()
     try:
@@ -224,6 +224,7 @@ def predict_classes(model: nn.Module, images: torch.Tensor, batch_size: Optional
         model.train(was_training)
 
 
+@torch.no_grad()
 def evaluate(
     model: nn.Module, data, batch_size: Optional[int] = None, progress: bool = True, desc: str = "evaluate"
 ) -> dict:
@@ -233,7 +234,8 @@ def evaluate(
     iterable of ``(images, labels)`` batches. Runs on the model's device, in eval mode.
     """
     device = model_device(model)
-    batch_size = batch_size or _eval_batch_size(device)
+    if batch_size is None:
+        batch_size = _eval_batch_size(device)
     was_training = model.training
     model.eval()
     if isinstance(data, LabeledImages):

@@ -30,3 +30,27 @@ def test_normalisation():
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
     images, labels, name = load_npz("cifar10_test_first100_lossless")
     assert images.dtype == np.uint8 and labels.dtype == np.int64 and name.endswith(".npz")
+
+
+def test_evaluate_and_predict_build_no_autograd_graph():
+    """Evaluation runs under no_grad: a graph per batch would cost time and memory for nothing."""
+    from torch import nn
+
+    from genie.data import predict_classes
+
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return self.fc(x.flatten(1))
+
+    images, labels = torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    evaluate(Probe(), (images, labels), progress=False)
+    pred = predict_classes(Probe(), images, batch_size=2)
+    assert pred.shape == (5,) and pred.dtype == torch.int64
+    assert seen and not any(seen)
