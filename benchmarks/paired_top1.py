@@ -58,9 +58,11 @@ def main(argv=None) -> int:
     from genie.files import write_atomically
 
     torch.set_num_threads(args.threads)
-    cache, rows = {}, []
+    tests, predicted, rows = {}, {}, []
+    for run in dict.fromkeys(args.runs):  # a run in several pairs is evaluated once
+        predicted[run] = predictions(Path(run), tests, args.images)
     for a, b in zip(args.runs[::2], args.runs[1::2]):
-        (pa, labels, ra), (pb, _, rb) = predictions(Path(a), cache, args.images), predictions(Path(b), cache, args.images)
+        (pa, labels, ra), (pb, _, rb) = predicted[a], predicted[b]
         row = {"a": a, "b": b, "result_a": ra["q_top1"], "result_b": rb["q_top1"], **paired_top1(pa, pb, labels)}
         rows.append(row)
     lines = ["| A | B | top-1 A | top-1 B | predictions differ | only A right | only B right | McNemar p |",
