@@ -7,12 +7,18 @@ and ``only_b`` that only B gets right, the two-sided p-value is the binomial(onl
 1/2) probability of a split at least as uneven. A small p (say < 0.05) says the gap is more than
 what the particular draw of discordant images explains; a large one says this test file cannot
 tell the two models apart. It says nothing about other seeds or calibration sets.
+
+With the FP32 model's predicted classes in place of the labels, :func:`paired_top1` compares the
+models' *agreement with FP32* instead: which quantized model stays closer to the network it
+approximates, on images neither was calibrated on. :func:`logit_distance` measures the same
+closeness on the outputs themselves.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .errors import GenieError
 
@@ -48,3 +54,15 @@ def paired_top1(pred_a: torch.Tensor, pred_b: torch.Tensor, labels: torch.Tensor
         "only_b_right": only_b,
         "p_value": mcnemar_exact(only_a, only_b),
     }
+
+
+def logit_distance(logits: torch.Tensor, reference: torch.Tensor) -> dict:
+    """How far a model's outputs ``(N, classes)`` are from a reference model's on the same images:
+    ``logit_mse``, the squared error summed over classes and averaged over images, and ``kl``,
+    KL(softmax(reference) || softmax(logits)) averaged over images (nats)."""
+    if logits.shape != reference.shape or logits.dim() != 2 or len(logits) == 0:
+        raise GenieError(f"logit_distance needs two (N, classes) tensors of one shape with N > 0; got "
+                         f"{tuple(logits.shape)} and {tuple(reference.shape)}")
+    logits, reference = logits.double(), reference.double()
+    kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(reference, 1), log_target=True, reduction="batchmean")
+    return {"logit_mse": float((logits - reference).pow(2).sum(1).mean()), "kl": float(kl)}

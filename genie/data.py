@@ -208,17 +208,29 @@ def _eval_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    """The outputs ``(N, classes)`` (on the CPU) of ``model`` on ``images`` ``(N, C, H, W)``, computed
+    in the batches and memory layout :func:`evaluate` uses (the same float arithmetic)."""
+    return _batched(model, images, batch_size, lambda out: out)
+
+
+@torch.no_grad()
 def predict_classes(model: nn.Module, images: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
     """The top-1 class ``(N,)`` (int64, on the CPU) of each image ``(N, C, H, W)``, computed in the
     batches and memory layout :func:`evaluate` uses, so the predictions are the ones behind its
     top-1 (the same float arithmetic)."""
+    return _batched(model, images, batch_size, lambda out: out.argmax(1))
+
+
+def _batched(model: nn.Module, images: torch.Tensor, batch_size: Optional[int], reduce) -> torch.Tensor:
+    """``reduce(model(batch))`` for :func:`evaluate`'s batches of ``images``, concatenated on the CPU."""
     device = model_device(model)
     if batch_size is None:
         batch_size = _eval_batch_size(device)
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(_eval_input(images[i : i + batch_size], device)).argmax(1).cpu()
+        return torch.cat([reduce(model(_eval_input(images[i : i + batch_size], device))).cpu()
                           for i in range(0, len(images), batch_size)])
     finally:
         model.train(was_training)

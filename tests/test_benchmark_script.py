@@ -20,16 +20,18 @@ def test_benchmark_script_quick(tmp_path):
 
 
 def test_paired_top1_script(tmp_path, resnet20, calib64):
-    """Two saved runs compared image by image: the counts agree with each model's own top-1, and a
-    run compared with itself differs nowhere (p = 1)."""
-    from genie.data import cifar10_test, evaluate
+    """Two saved runs compared image by image: the counts agree with each model's own top-1 (and,
+    against the FP32 model's classes, with each one's agreement with it), and a run compared with
+    itself differs nowhere (p = 1)."""
+    from genie.data import cifar10_test, evaluate, predict_classes
     from genie.models import model_spec
     from genie.quant import quantize_model, save_quantized
 
     spec = model_spec("resnet20_cifar10")
     test = cifar10_test(spec.mean, spec.std)
     first = (test.images[:500], test.labels[:500])
-    runs = []
+    fp_classes = predict_classes(resnet20, first[0])
+    runs, agreement = [], []
     for name, bits in (("w4", 4), ("w2", 2)):
         run = tmp_path / name
         run.mkdir()
@@ -37,6 +39,7 @@ def test_paired_top1_script(tmp_path, resnet20, calib64):
         qm.finalize()  # round to nearest
         save_quantized(qm, run / "qmodel.pt")
         top1 = evaluate(qm, first, progress=False)["top1"]
+        agreement.append(evaluate(qm, (first[0], fp_classes), progress=False)["top1"])
         (run / "result.json").write_text(json.dumps({"model": "resnet20_cifar10", "test_file": "cifar10_test.npz",
                                                      "q_top1": top1}))
         runs.append((str(run), top1))
@@ -51,4 +54,10 @@ def test_paired_top1_script(tmp_path, resnet20, calib64):
     assert cross["predictions_differ"] > 0
     assert abs((cross["only_a_right"] - cross["only_b_right"]) / 5 - (top1_a - top1_b)) < 1e-9
     assert same["predictions_differ"] == 0 and same["p_value"] == 1.0
+    vs_fp, same_fp = cross["vs_fp32"], same["vs_fp32"]
+    assert abs(vs_fp["agree_a"] - agreement[0]) < 1e-9 and abs(vs_fp["agree_b"] - agreement[1]) < 1e-9
+    assert abs((vs_fp["only_a_agrees"] - vs_fp["only_b_agrees"]) / 5 - (agreement[0] - agreement[1])) < 1e-9
+    assert vs_fp["logit_mse_b"] > vs_fp["logit_mse_a"] > 0 and vs_fp["kl_b"] > vs_fp["kl_a"] > 0  # W2 further off than W4
+    assert same_fp["only_a_agrees"] == same_fp["only_b_agrees"] == 0 and same_fp["p_value"] == 1.0
+    assert same_fp["logit_mse_a"] == same_fp["logit_mse_b"]
     assert "| w4 | w2 |" in (out / "paired_top1.md").read_text()

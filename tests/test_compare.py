@@ -35,3 +35,22 @@ def test_paired_top1_counts_each_kind_of_image():
 def test_paired_top1_rejects_mismatched_shapes():
     with pytest.raises(GenieError, match="all \\(N,\\)"):
         paired_top1(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+def test_logit_distance_by_hand():
+    from genie.compare import logit_distance
+
+    ref = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    out = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    d = logit_distance(out, ref)
+    assert d["logit_mse"] == pytest.approx((0.0 + 1.0) / 2)
+    # second image: p = softmax(1, 2), q = (1/2, 1/2): KL = sum p log(2 p); the first adds 0
+    p2 = torch.softmax(torch.tensor([1.0, 2.0], dtype=torch.float64), 0)
+    assert d["kl"] == pytest.approx(float((p2 * (2 * p2).log()).sum()) / 2)
+    same = logit_distance(ref, ref)
+    assert same["logit_mse"] == 0.0 and abs(same["kl"]) < 1e-12
+    # a shift of every logit of an image changes the squared error, not the softmax
+    shifted = logit_distance(ref + 3.0, ref)
+    assert shifted["logit_mse"] == pytest.approx(18.0) and abs(shifted["kl"]) < 1e-12
+    with pytest.raises(GenieError, match="one shape"):
+        logit_distance(ref, ref[:1])
