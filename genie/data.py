@@ -238,12 +238,22 @@ def _batched(model: nn.Module, images: torch.Tensor, batch_size: Optional[int], 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data, batch_size: Optional[int] = None, progress: bool = True, desc: str = "evaluate"
+    model: nn.Module,
+    data,
+    batch_size: Optional[int] = None,
+    progress: bool = True,
+    desc: str = "evaluate",
+    keep_predictions: bool = False,
+    agree_with: Optional[torch.Tensor] = None,
 ) -> dict:
-    """Top-1 and top-5 accuracy (%) of ``model`` on ``data``.
+    """Top-1 and top-5 accuracy (%) of ``model`` on ``data``: ``{"top1", "top5", "n"}``.
 
     ``data`` is a :class:`LabeledImages`, an ``(images, labels)`` pair of tensors, or a dataset /
     iterable of ``(images, labels)`` batches. Runs on the model's device, in eval mode.
+    ``keep_predictions``: also ``"predictions"``, the top-1 class of each image ``(N,)`` (int64,
+    CPU). ``agree_with``: another model's predictions on the same data in the same order
+    ``(N,)``; adds ``"agree"``, the % of images where this model's top-1 is that class (how
+    closely a quantized model follows its FP32 original, without the labels' noise).
     """
     device = model_device(model)
     if batch_size is None:
@@ -266,6 +276,9 @@ def evaluate(
         batches, total = iter(loader), len(loader)
     else:
         batches, total = iter(data), None
+    reference = None if agree_with is None else agree_with.to(device=device, dtype=torch.int64).reshape(-1)
+    agreed = torch.zeros((), dtype=torch.int64, device=device)
+    predicted = []
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
     # labels outside 0..classes-1 would count as misses: counted on the device, checked at the end
@@ -282,6 +295,12 @@ def evaluate(
         hit = top == y[:, None]
         correct1 += hit[:, 0].sum()
         correct5 += hit.any(dim=1).sum()
+        if keep_predictions:
+            predicted.append(top[:, 0])
+        if reference is not None:
+            if count + len(y) > len(reference):
+                raise GenieError(f"evaluate(agree_with=...) got {len(reference)} reference predictions for more images")
+            agreed += (top[:, 0] == reference[count : count + len(y)]).sum()
         count += len(y)
     model.train(was_training)
     if count == 0:
@@ -289,4 +308,11 @@ def evaluate(
     if out_of_range.item():
         raise GenieError(f"{out_of_range.item()} of {count} labels are outside 0..{classes - 1}, the classes the "
                          "model outputs: the labels do not belong to this model's dataset")
-    return {"top1": 100.0 * correct1.item() / count, "top5": 100.0 * correct5.item() / count, "n": count}
+    result = {"top1": 100.0 * correct1.item() / count, "top5": 100.0 * correct5.item() / count, "n": count}
+    if keep_predictions:
+        result["predictions"] = torch.cat(predicted).cpu()
+    if reference is not None:
+        if len(reference) != count:
+            raise GenieError(f"evaluate(agree_with=...) got {len(reference)} reference predictions for {count} images")
+        result["agree"] = 100.0 * agreed.item() / count
+    return result

@@ -130,6 +130,7 @@ class RunResult:
             ("FP32 top-1 / top-5", f"{v['fp_top1']:.2f} / {v['fp_top5']:.2f}"),
             ("quantized top-1 / top-5", f"{v['q_top1']:.2f} / {v['q_top5']:.2f}"),
             ("top-1 drop", f"{v['fp_top1'] - v['q_top1']:.2f}"),
+            ("same top-1 as FP32", f"{v['q_agree_fp32']:.2f} % of test images" if "q_agree_fp32" in v else "-"),
             ("reconstruction time", f"{v['recon_seconds']:.1f} s"),
             ("total time", f"{v['total_seconds']:.1f} s"),
         ]
@@ -282,7 +283,7 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
     test = test_data(spec, cfg)
     images, calib_source, distill_info = calibration_images(spec, model, cfg, device, callback, preloaded)
     images = images.to(device)
-    fp = evaluate(model, test, progress=cfg.progress, desc="FP32 evaluate")
+    fp = evaluate(model, test, progress=cfg.progress, desc="FP32 evaluate", keep_predictions=True)
     t_recon = time.perf_counter()
     qmodel = quantize_model(
         model,
@@ -299,7 +300,7 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
                          report_every=cfg.report_every, cuda_graph=cfg.cuda_graph)
     recon_seconds = time.perf_counter() - t_recon
     qmodel.release_teacher()
-    q = evaluate(qmodel, test, progress=cfg.progress, desc="quantized evaluate")
+    q = evaluate(qmodel, test, progress=cfg.progress, desc="quantized evaluate", agree_with=fp["predictions"])
     values = {
         "model": cfg.model,
         "w_bits": cfg.w_bits,
@@ -326,6 +327,7 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "fp_top5": fp["top5"],
         "q_top1": q["top1"],
         "q_top5": q["top5"],
+        "q_agree_fp32": q["agree"],  # % of test images where the quantized top-1 is FP32's
         "recon_seconds": recon_seconds,
         "cuda_graph": cfg.cuda_graph,
         "units": [

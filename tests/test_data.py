@@ -54,3 +54,28 @@ def test_evaluate_and_predict_build_no_autograd_graph():
     pred = predict_classes(Probe(), images, batch_size=2)
     assert pred.shape == (5,) and pred.dtype == torch.int64
     assert seen and not any(seen)
+
+
+def test_evaluate_keeps_predictions_and_counts_agreement():
+    """``keep_predictions`` returns the top-1 behind ``top1`` (= predict_classes); ``agree_with``
+    counts the images whose top-1 is the given class, batch boundaries included."""
+    from torch import nn
+
+    from genie.data import predict_classes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    images, labels = torch.randn(7, 3, 2, 2), torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    r = evaluate(model, (images, labels), batch_size=3, progress=False, keep_predictions=True)
+    pred = predict_classes(model, images, batch_size=3)
+    assert torch.equal(r["predictions"], pred)
+    assert r["top1"] == pytest.approx(100.0 * int((pred == labels).sum()) / 7)
+    other = pred.clone()
+    other[[0, 4, 6]] = (other[[0, 4, 6]] + 1) % 4  # differs on 3 images, two of them in later batches
+    agree = evaluate(model, (images, labels), batch_size=3, progress=False, agree_with=other)
+    assert agree["agree"] == pytest.approx(400.0 / 7) and "predictions" not in agree
+    assert evaluate(model, (images, labels), progress=False, agree_with=pred)["agree"] == 100.0
+    with pytest.raises(GenieError, match="8 reference predictions for 7 images"):
+        evaluate(model, (images, labels), batch_size=3, progress=False, agree_with=torch.cat([pred, pred[:1]]))
+    with pytest.raises(GenieError, match="5 reference predictions for more images"):
+        evaluate(model, (images, labels), batch_size=3, progress=False, agree_with=pred[:5])

@@ -39,15 +39,21 @@ def test_fewshot_w4a4_is_within_3_points_of_fp32(fewshot_run):
     assert (result["w_bits"], result["a_bits"], result["samples"], result["recon_iters"]) == (4, 4, 256, 300)
 
 
-def test_saved_model_reproduces_the_reported_accuracy(fewshot_run, cifar_spec):
+def test_saved_model_reproduces_the_reported_accuracy(fewshot_run, cifar_spec, resnet20):
+    """The saved model scores the reported top-1, and agrees with the FP32 model's top-1 on the
+    reported share of the test images."""
     from genie.data import cifar10_test, evaluate
     from genie.quant import load_quantized
 
     out, result = fewshot_run
     qmodel = load_quantized(out / "qmodel.pt")
     assert qmodel.metadata["q_top1"] == result["q_top1"]
-    top1 = evaluate(qmodel, cifar10_test(cifar_spec.mean, cifar_spec.std), progress=False)["top1"]
-    assert top1 == result["q_top1"]
+    test = cifar10_test(cifar_spec.mean, cifar_spec.std)
+    fp_classes = evaluate(resnet20, test, progress=False, keep_predictions=True)["predictions"]
+    again = evaluate(qmodel, test, progress=False, agree_with=fp_classes)
+    assert again["top1"] == result["q_top1"]
+    agree = result["extra"]["q_agree_fp32"]  # not a record field: one producer's number
+    assert again["agree"] == agree and 80.0 < agree < 100.0
 
 
 @pytest.mark.skipif(not HAVE_ONNX, reason="the export extra (onnx, onnxruntime) is not installed")
