@@ -276,7 +276,13 @@ def evaluate(
         batches, total = iter(loader), len(loader)
     else:
         batches, total = iter(data), None
-    reference = None if agree_with is None else agree_with.to(device=device, dtype=torch.int64).reshape(-1)
+    reference = None
+    if agree_with is not None:
+        reference = torch.as_tensor(agree_with)
+        if reference.dim() != 1 or reference.is_floating_point() or reference.is_complex():
+            raise GenieError(f"evaluate(agree_with=...) takes one class index per image, shape (N,), integers; "
+                             f"got shape {tuple(reference.shape)}, {reference.dtype}")
+        reference = reference.to(device=device, dtype=torch.int64)
     agreed = torch.zeros((), dtype=torch.int64, device=device)
     predicted = []
     correct1 = torch.zeros((), dtype=torch.int64, device=device)

@@ -79,3 +79,6 @@ def test_evaluate_keeps_predictions_and_counts_agreement():
         evaluate(model, (images, labels), batch_size=3, progress=False, agree_with=torch.cat([pred, pred[:1]]))
     with pytest.raises(GenieError, match="5 reference predictions for more images"):
         evaluate(model, (images, labels), batch_size=3, progress=False, agree_with=pred[:5])
+    assert evaluate(model, (images, labels), progress=False, agree_with=pred.tolist())["agree"] == 100.0
+    with pytest.raises(GenieError, match="one class index per image"):
+        evaluate(model, (images, labels), progress=False, agree_with=torch.randn(7, 4))  # logits, not classes
