@@ -354,3 +354,26 @@ def test_upsample_conv3x3_is_upsample_then_conv(groups, cin, cout, form):
         up = torch.randn(want.shape, dtype=torch.float64, generator=g)
         for a, c in zip(torch.autograd.grad(want, (h, w, b), up), torch.autograd.grad(got, (h, w, b), up)):
             assert torch.allclose(a, c, atol=1e-10)
+
+
+def test_channels_last_teacher_gives_the_plain_layouts_images(tiny, monkeypatch):
+    """The CPU step's teacher weights in channels-last (distiller.teacher_layout) is a speed-up
+    only: the same images and losses as the teacher in its own layout."""
+    import genie.distill.distiller as distiller
+
+    kwargs = dict(num_images=16, batch_size=8, iters=6, seed=3, progress=False)
+    fast = distill(tiny, 8, **kwargs)
+    assert all(p.is_contiguous() for p in tiny.parameters())  # the caller's model is left alone
+    conv = distiller.teacher_layout(apply_swing(tiny), torch.device("cpu")).conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    seen = []
+
+    def plain(work, device):
+        seen.append(all(p.is_contiguous() for p in work.parameters()))
+        return work
+
+    monkeypatch.setattr(distiller, "teacher_layout", plain)
+    slow = distill(tiny, 8, **kwargs)
+    assert seen == [True]
+    assert torch.allclose(fast.images, slow.images, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(fast.losses, slow.losses, rtol=1e-5)

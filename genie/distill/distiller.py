@@ -85,6 +85,16 @@ class DistillConfig:
         return self
 
 
+def teacher_layout(work: nn.Module, device: torch.device) -> nn.Module:
+    """``work`` (the frozen copy the step runs) with its convolution weights in the layout of the
+    step's images: channels-last on CPUs. A convolution whose input and weight layouts differ
+    makes oneDNN reorder the weight in every forward and backward pass: ~5 % of a ResNet-20
+    distillation step at 128 images (2 threads), for the same values."""
+    if device.type != "cpu":
+        return work
+    return work.to(memory_format=torch.channels_last)
+
+
 def _chunks(batches: list, sizes: list, per_chunk: int) -> list:
     """Group batch indices into chunks of equal-sized batches, at most ``per_chunk`` each."""
     chunks, current = [], []
@@ -213,7 +223,7 @@ def distill(
         )
     require_finite_model(model, f"{type(model).__name__} (its weights or BatchNorm statistics)")
     device = model_device(model)
-    work = apply_swing(model).eval()
+    work = teacher_layout(apply_swing(model).eval(), device)
     for p in work.parameters():
         p.requires_grad_(False)
     sizes = cfg.batch_sizes()
