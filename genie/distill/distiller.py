@@ -88,7 +88,7 @@ class DistillConfig:
 def teacher_layout(work: nn.Module, device: torch.device) -> nn.Module:
     """``work`` (the frozen copy the step runs) with its convolution weights in the layout of the
     step's images: channels-last on CPUs. A convolution whose input and weight layouts differ
-    makes oneDNN reorder the weight in every forward and backward pass: ~5 % of a ResNet-20
+    makes oneDNN reorder the weight in every forward and backward pass: 4-8 % of a ResNet-20
     distillation step at 128 images (2 threads), for the same values."""
     if device.type != "cpu":
         return work
