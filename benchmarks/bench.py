@@ -52,31 +52,48 @@ def base_config(args, **kw) -> RunConfig:
                      seed=args.seed, device=args.device, cuda_graph=args.cuda_graph, progress=not args.no_progress, **kw)
 
 
+def within_noise(graph_diff: float, eager_diff: float, tolerance: float, factor: float = 3.0) -> bool:
+    """Whether graph replay's distance from an eager run (``graph_diff``) is within
+    ``tolerance`` or within ``factor`` times the distance between two eager runs of the same
+    seed (``eager_diff``): on a GPU, atomics in some kernels (e.g. a convolution's weight
+    gradient) make two eager runs differ, and Adam grows such differences over iterations, so a
+    fixed tolerance alone could reject graphs that replay the same computation."""
+    return graph_diff <= max(tolerance, factor * eager_diff)
+
+
+def _max_rel_diff(a: list, b: list) -> float:
+    return max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b))
+
+
 def check_graph_replay(args) -> dict:
     """Short eager vs CUDA-graph runs from the same seed: reconstruction errors and distilled
-    images must agree (to float tolerance) before graph timings are worth reporting."""
+    images must agree (to float tolerance, or to the spread of two eager runs) before graph
+    timings are worth reporting."""
     device = torch.device(args.device)
     if device.type != "cuda" or not args.cuda_graph:
         return {"checked": False, "reason": "no CUDA device or --no-cuda-graph"}
     spec = model_spec(args.model)
     model = load_model(args.model).to(device)
     out = {"checked": True}
+    # eager, eager again (the run-to-run spread), graph
     sets = [distill(model, spec.image_size, num_images=256, iters=50, seed=1, progress=False, cuda_graph=g)
-            for g in (False, True)]
-    out["distill_max_abs_diff"] = float((sets[0].images - sets[1].images).abs().max())
-    out["distill_loss_eager_vs_graph"] = [sets[0].final_loss, sets[1].final_loss]
+            for g in (False, False, True)]
+    out["distill_max_abs_diff"] = float((sets[0].images - sets[2].images).abs().max())
+    out["distill_max_abs_diff_eager_twice"] = float((sets[0].images - sets[1].images).abs().max())
+    out["distill_loss_eager_eager_graph"] = [s.final_loss for s in sets]
     errors = []
-    for graph in (False, True):
+    for graph in (False, False, True):
         qm = quantize_model(model, sets[0].images.to(device), w_bits=4, a_bits=4)
         qm.unit_names = qm.unit_names[:3]
         rep = reconstruct(qm, sets[0].images.to(device), iters=200, seed=1, progress=False, cuda_graph=graph)
         errors.append([u.final_error for u in rep.units])
-    out["recon_final_errors_eager"], out["recon_final_errors_graph"] = errors
-    rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(*errors))
-    out["recon_max_rel_diff"] = rel
+    out["recon_final_errors_eager"], out["recon_final_errors_eager_again"], out["recon_final_errors_graph"] = errors
+    out["recon_max_rel_diff"] = _max_rel_diff(errors[0], errors[2])
+    out["recon_max_rel_diff_eager_twice"] = _max_rel_diff(errors[0], errors[1])
     # QDrop masks differ in order between eager and replay only if the RNG offsets do; the errors
     # of a 200-iteration run must still agree closely
-    out["agree"] = out["distill_max_abs_diff"] < 1e-2 and rel < 0.05
+    out["agree"] = (within_noise(out["distill_max_abs_diff"], out["distill_max_abs_diff_eager_twice"], 1e-2)
+                    and within_noise(out["recon_max_rel_diff"], out["recon_max_rel_diff_eager_twice"], 0.05))
     return out
 
 

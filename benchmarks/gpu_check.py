@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -183,8 +184,10 @@ def stage_reference(s: dict, reference_dir: str, genie_s: dict, clock: Clock, ou
         report = json.loads((work / f"{stage}.json").read_text())
         ref_s = report.get("distill_s") if stage == "distill" else report.get("recon_s")
         out[stage] = {"reference_s": ref_s, "reference_wall_s": round(time.perf_counter() - t0, 1)}
-        if s["reference_images"] == s["images"]:  # genie measured at the same number of images
-            ours = genie_s[stage]
+        ours = genie_s.get(stage)
+        if ours is None:
+            out[stage]["note"] = "not compared: genie's stage failed"
+        elif s["reference_images"] == s["images"]:  # genie measured at the same number of images
             genie_at = ours["fixed_s"] + iters * ours["s_per_iter"]
             loop = iters * ours["s_per_iter"]  # genie's iterations alone (the runner times the reference's loops)
             out[stage].update(genie_s=round(genie_at, 2), genie_iterations_only_s=round(loop, 2),
@@ -195,13 +198,34 @@ def stage_reference(s: dict, reference_dir: str, genie_s: dict, clock: Clock, ou
     return out
 
 
+def guarded(fn) -> dict:
+    """``fn()``, or ``{"failed": "..."}`` with the traceback printed: on a GPU lent for minutes,
+    one stage's failure must not cost the figures of the others."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - recorded and reported, the check goes on
+        traceback.print_exc()
+        return {"failed": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def save(result: dict, out: Path) -> str:
+    """Write ``gpu_check.json`` and ``gpu_check.md`` as they stand (after every stage, so a run cut
+    short by the device's time limit still leaves what it measured). Returns the Markdown."""
+    write_json(out / "gpu_check.json", result, "the GPU check")
+    text = markdown(result)
+    write_atomically(out / "gpu_check.md", text.encode(), "the GPU check")
+    return text
+
+
 def markdown(result: dict) -> str:
     lines = [f"## GPU check on {result['device_name']} (torch {result['torch']}, {result['setting']} setting)", "",
-             f"Command: `{result['command']}`; {result['seconds']} s in all.", "",
+             f"Command: `{result['command']}`; " + (f"{result['seconds']} s in all." if "seconds" in result
+                                                    else "still running when this was written (partial)."), "",
              "| stage | measure | value |", "|---|---|---|"]
     for stage in ("graph_check", "distill", "recon", "pipeline", "reference"):
         for key, value in (result.get(stage) or {}).items():
-            lines.append(f"| {stage} | {key} | {json.dumps(value, default=str)} |")
+            cell = json.dumps(value, default=str).replace("|", "\\|")  # an error message may hold a pipe
+            lines.append(f"| {stage} | {key} | {cell} |")
     return "\n".join(lines) + "\n"
 
 
@@ -224,27 +248,35 @@ def main(argv=None) -> int:
               else "full", "command": "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None
                                                                                    else sys.argv[1:])}
     if device.type == "cuda":
-        result["graph_check"] = check_graph_replay(SimpleNamespace(model=MODEL, device=str(device), cuda_graph=True))
+        result["graph_check"] = guarded(lambda: check_graph_replay(
+            SimpleNamespace(model=MODEL, device=str(device), cuda_graph=True)))
         if not result["graph_check"].get("agree"):
             graphs = [False]  # timings of graphs that disagree with eager are not worth reporting
         print("graph check:", result["graph_check"], flush=True)
-    result["distill"] = stage_distill(s, device, graphs, clock)
+        save(result, out)
+    result["distill"] = guarded(lambda: stage_distill(s, device, graphs, clock))
     print("distill:", result["distill"], flush=True)
-    result["recon"] = stage_recon(s, device, graphs, clock)
+    save(result, out)
+    result["recon"] = guarded(lambda: stage_recon(s, device, graphs, clock))
     print("recon:", result["recon"], flush=True)
+    save(result, out)
     key = "graph" if graphs[-1] else "eager"
-    projected = result["distill"][key]["projected_s"] + result["recon"][key]["projected_s"]
-    result["pipeline"] = stage_pipeline(s, device, graphs[-1], args.tiny, projected, clock)
+    genie_s = {stage: result[stage][key] for stage in ("distill", "recon") if key in result[stage]}
+    if len(genie_s) == 2:
+        projected = genie_s["distill"]["projected_s"] + genie_s["recon"]["projected_s"]
+        result["pipeline"] = guarded(lambda: stage_pipeline(s, device, graphs[-1], args.tiny, projected, clock))
+    else:
+        result["pipeline"] = {"skipped": "distillation or reconstruction failed: nothing to project from"}
     print("pipeline:", result["pipeline"], flush=True)
-    result["reference"] = stage_reference(s, args.reference_dir, {"distill": result["distill"][key],
-                                                                  "recon": result["recon"][key]}, clock, out)
+    save(result, out)
+    result["reference"] = guarded(lambda: stage_reference(s, args.reference_dir, genie_s, clock, out))
     print("reference:", result["reference"], flush=True)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "gpu_check.json", result, "the GPU check")
-    text = markdown(result)
-    write_atomically(out / "gpu_check.md", text.encode(), "the GPU check")
-    print(text)
-    return 0
+    print(save(result, out))
+    failed = [stage for stage, value in result.items() if isinstance(value, dict) and "failed" in value]
+    if failed:
+        print(f"failed stages: {', '.join(failed)} (the others were measured; see above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
