@@ -29,7 +29,7 @@ def test_a_failing_stage_leaves_the_others_figures(tmp_path):
     """On a GPU lent for minutes, one stage's exception is recorded and the check goes on: the
     later stages are measured, the files are written, and the exit status says it failed."""
     code = (f"import sys, runpy\nfor m in {ABSENT_ON_THE_GPU_IMAGE!r}:\n    sys.modules[m] = None\n"
-            "import genie.distill\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\nimport genie.distill\n"
             "def broken(*a, **k):\n    raise RuntimeError('simulated | failure')\n"
             "genie.distill.distill = broken\n"
             f"sys.argv = ['gpu_check.py', '--tiny', '--out', {str(tmp_path)!r}]\n"
