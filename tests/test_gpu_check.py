@@ -9,11 +9,18 @@ ROOT = Path(__file__).resolve().parents[1]
 ABSENT_ON_THE_GPU_IMAGE = ("tqdm", "tqdm.auto", "plotly", "ipywidgets", "papermill", "IPython", "nbformat")
 
 
-def test_gpu_check_tiny_runs_with_a_bare_python(tmp_path):
+def run_tiny_check(out: Path, setup: str = "") -> subprocess.CompletedProcess:
+    """``gpu_check.py --tiny --out out`` in a fresh Python with the GPU image's missing packages
+    blocked; ``setup``: lines run before it (with the checkout importable)."""
     code = (f"import sys, runpy\nfor m in {ABSENT_ON_THE_GPU_IMAGE!r}:\n    sys.modules[m] = None\n"
-            f"sys.argv = ['gpu_check.py', '--tiny', '--out', {str(tmp_path)!r}]\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n{setup}"
+            f"sys.argv = ['gpu_check.py', '--tiny', '--out', {str(out)!r}]\n"
             f"runpy.run_path({str(ROOT / 'benchmarks' / 'gpu_check.py')!r}, run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=out)
+
+
+def test_gpu_check_tiny_runs_with_a_bare_python(tmp_path):
+    done = run_tiny_check(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["setting"] == "tiny" and "CPU" in result["device_name"]
@@ -28,13 +35,9 @@ def test_gpu_check_tiny_runs_with_a_bare_python(tmp_path):
 def test_a_failing_stage_leaves_the_others_figures(tmp_path):
     """On a GPU lent for minutes, one stage's exception is recorded and the check goes on: the
     later stages are measured, the files are written, and the exit status says it failed."""
-    code = (f"import sys, runpy\nfor m in {ABSENT_ON_THE_GPU_IMAGE!r}:\n    sys.modules[m] = None\n"
-            f"sys.path.insert(0, {str(ROOT)!r})\nimport genie.distill\n"
-            "def broken(*a, **k):\n    raise RuntimeError('simulated | failure')\n"
-            "genie.distill.distill = broken\n"
-            f"sys.argv = ['gpu_check.py', '--tiny', '--out', {str(tmp_path)!r}]\n"
-            f"runpy.run_path({str(ROOT / 'benchmarks' / 'gpu_check.py')!r}, run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = run_tiny_check(tmp_path, "import genie.distill\n"
+                                    "def broken(*a, **k):\n    raise RuntimeError('simulated | failure')\n"
+                                    "genie.distill.distill = broken\n")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "failed stages: distill" in done.stderr and "simulated" in done.stderr  # the traceback is shown
     result = json.loads((tmp_path / "gpu_check.json").read_text())
