@@ -6,12 +6,15 @@ import argparse
 from .distill.distiller import DEFAULT_ITERS, DISTILLERS, DistillConfig
 from .errors import GenieError, exit_status
 from .quant.reconstruction import QDROP_INPUTS, ROUND_WEIGHT_ADAROUND, ROUND_WEIGHT_GENIE, ReconConfig
+from .pipeline import DEFAULT_SENSITIVITY_SAMPLES
+from .quant.sensitivity import DEFAULT_CANDIDATES, SENSITIVITY_METHODS
 from .sweep import add_sweep_parser, run_sweep
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet20_cifar10", help="zoo model name (python -m genie models lists them)")
-    p.add_argument("--w-bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
+    p.add_argument("--w-bits", type=_w_bits, default=4,
+                   help="weight bits, 2-8 (default 4), or 'mixed': one per layer under --budget-bits")
     p.add_argument("--a-bits", type=int, default=4, help="activation bits, 2-8 (default 4)")
     p.add_argument("--data", default="real", choices=["real", "synthetic"],
                    help="calibration data: real images (few-shot) or distilled by GENIE-D (zero-shot)")
@@ -54,6 +57,40 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPU: capture each training step once as a CUDA graph and replay it (much less launch overhead)")
     p.add_argument("--out", default=None, help="folder for result.json and qmodel.pt")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    m = p.add_argument_group("mixed precision (--w-bits mixed)")
+    m.add_argument("--budget-bits", type=float, default=None,
+                   help="weight memory budget: that of the uniform W<B> model under the same --setting (e.g. 2.5)")
+    m.add_argument("--sensitivity-samples", type=int, default=DEFAULT_SENSITIVITY_SAMPLES,
+                   help=f"calibration images the sensitivity is measured on (default {DEFAULT_SENSITIVITY_SAMPLES})")
+    m.add_argument("--sensitivity-file", default=None,
+                   help="a sensitivity table written by 'python -m genie sensitivity' (instead of measuring)")
+    _add_sensitivity_arguments(m)
+
+
+def _w_bits(text: str):
+    if text == "mixed":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 2 to 8 or 'mixed', got {text!r}") from None
+
+
+def _candidates(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bit widths separated by commas, e.g. 2,3,4,8, got {text!r}") \
+            from None
+
+
+def _add_sensitivity_arguments(p) -> None:
+    p.add_argument("--w-candidates", type=_candidates, default=DEFAULT_CANDIDATES,
+                   help="bit widths a layer may get, e.g. 2,3,4,8 (default " + ",".join(map(str, DEFAULT_CANDIDATES))
+                        + ")")
+    p.add_argument("--sensitivity", default="kl", choices=list(SENSITIVITY_METHODS),
+                   help="kl: KL divergence of the outputs with one layer quantized (ZeroQ; default); fisher: a "
+                        "gradient estimate of it (one backward pass, cheaper)")
 
 
 def _add_onnx_int_argument(p: argparse.ArgumentParser) -> None:
@@ -103,13 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_onnx_int_argument(e)
     e.add_argument("--image-size", type=int, default=None,
                    help="input side in pixels (default: the zoo model's)")
+    s = sub.add_parser("sensitivity", help="measure each layer's sensitivity to weight bits; write the table (JSON)")
+    s.add_argument("--model", default="resnet20_cifar10", help="zoo model name")
+    s.add_argument("--data", default="synthetic", choices=["real", "synthetic"],
+                   help="images the sensitivity is measured on: distilled by GENIE-D (default) or real")
+    s.add_argument("--samples", type=int, default=DEFAULT_SENSITIVITY_SAMPLES,
+                   help=f"number of images (default {DEFAULT_SENSITIVITY_SAMPLES}; with --calib-file: all of its images)")
+    _add_distill_arguments(s)
+    s.add_argument("--calib-file", default=None, help="with --data synthetic: a distilled set saved by 'genie distill'")
+    _add_sensitivity_arguments(s)
+    s.add_argument("--setting", default="brecq", choices=["brecq", "all"],
+                   help="brecq: first/last layer kept at 8 bits and not measured; all: every layer measured")
+    s.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm unfolded")
+    s.add_argument("--weight-symmetric", action="store_true", help="signed weights with zero point 0")
+    s.add_argument("--budget-bits", type=float, default=None, help="also print the allocation under this budget")
+    s.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    s.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    s.add_argument("--test-source", default="auto", help=argparse.SUPPRESS)
+    s.add_argument("--data-dir", default=None, help="ImageNet models: folder with train/ and val/ subfolders")
+    s.add_argument("--out", required=True, help="the JSON file to write the table to")
+    s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     add_sweep_parser(sub)
     return parser
 
 
 # integer options and their smallest allowed value, checked before anything runs
 _INT_MINIMUM = {"samples": 1, "distill_iters": 1, "distill_batch": 1, "concurrent_batches": 1, "batch_size": 1,
-                "recon_iters": 0, "image_size": 1}
+                "recon_iters": 0, "image_size": 1, "sensitivity_samples": 1}
 
 
 def _check_int_options(args: argparse.Namespace) -> None:
@@ -131,6 +188,45 @@ def _run(args: argparse.Namespace) -> int:
     if cfg.out:
         onnx_file = f" and {cfg.out}/model.onnx" if cfg.export_onnx else ""
         print(f"\nwrote {cfg.out}/result.json, {cfg.out}/qmodel.pt{onnx_file}")
+    return 0
+
+
+def _sensitivity(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
+    from .files import check_output_file
+    from .models import load_model, model_spec
+    from .pipeline import RunConfig, calibration_images, load_calibration_file
+    from .quant.allocation import allocate, check_budget, pareto_front
+    from .quant.sensitivity import check_candidates, measure_sensitivity
+
+    spec = model_spec(args.model)
+    check_output_file(args.out, "the sensitivity table", "--out ")
+    candidates = check_candidates(args.w_candidates, "--w-candidates")
+    if args.budget_bits is not None:
+        check_budget(args.budget_bits)
+    fields = RunConfig.__dataclass_fields__
+    cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "out"})
+    if cfg.data == "synthetic" and not cfg.calib_file:
+        cfg.distill_config().validate()
+    if spec.dataset != "cifar10" and cfg.data_dir is None:
+        raise GenieError(f"{spec.name} is an ImageNet model: pass --data-dir, a folder with train/ and val/ subfolders")
+    preloaded = load_calibration_file(cfg, spec) if cfg.calib_file else None
+    device = resolve_device(args.device)
+    model = load_model(args.model).to(device)
+    images, source, _ = calibration_images(spec, model, cfg, device, None, preloaded)
+    table = measure_sensitivity(model, images.to(device), candidates, args.sensitivity, args.setting, args.fold_bn,
+                                args.weight_symmetric, seed=args.seed, model_name=args.model)
+    table.extra["calib_source"] = source
+    front = pareto_front(table)
+    print(f"{args.sensitivity} sensitivity of {len(table.layers)} layers x {len(table.bits)} bit widths on "
+          f"{table.images} images ({source}) in {table.seconds:.1f} s; {len(front)} Pareto-optimal allocations")
+    if args.budget_bits is not None:
+        alloc = allocate(table, args.budget_bits, front)
+        print(f"budget {args.budget_bits:g} bits per weight: {alloc.summary()}")
+        for layer, bits in alloc.bits.items():
+            print(f"  {layer:<28} {bits}")
+    table.save(args.out)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -216,7 +312,8 @@ def _save_distilled(distilled, args: argparse.Namespace, device) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"run": _run, "models": _models, "distill": _distill, "export": _export, "sweep": run_sweep}[args.command]
+    command = {"run": _run, "models": _models, "distill": _distill, "export": _export, "sweep": run_sweep,
+               "sensitivity": _sensitivity}[args.command]
 
     def checked() -> int:
         _check_int_options(args)

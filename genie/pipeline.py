@@ -9,7 +9,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -22,12 +22,18 @@ from .events import Callback
 from .files import check_output_folder, folder_lock
 from .models import load_model, model_spec
 from .quant import QuantConfig, ReconConfig, quantize_model, reconstruct, save_quantized
+from .quant.allocation import allocate, budget_weight_bits, check_budget, pareto_front, weight_memory_bytes
+from .quant.sensitivity import DEFAULT_CANDIDATES, SENSITIVITY_METHODS, SensitivityTable, check_candidates, \
+    measure_sensitivity
 from .record import RunRecord, write_record
 
 
 DEFAULT_SAMPLES = 1024
 # what a run writes into its --out folder (each atomically; the folder is locked while it runs)
 RESULT_FILE, QMODEL_FILE, ONNX_FILE, DISTILLED_FILE = "result.json", "qmodel.pt", "model.onnx", "distilled.pt"
+SENSITIVITY_FILE = "sensitivity.json"  # the sensitivity table of a mixed-precision run
+MIXED = "mixed"  # RunConfig.w_bits: one bit width per layer, allocated under budget_bits
+DEFAULT_SENSITIVITY_SAMPLES = 256
 CHECKPOINT_DIR = "distill_checkpoints"
 
 
@@ -36,7 +42,7 @@ class RunConfig:
     """Settings of one quantization run (the command line's ``run`` options)."""
 
     model: str = "resnet20_cifar10"
-    w_bits: int = 4
+    w_bits: Union[int, str] = 4  # or "mixed": per-layer bits allocated under budget_bits
     a_bits: int = 4
     data: str = "real"  # real | synthetic
     samples: Optional[int] = None  # None: 1024, or every image of calib_file
@@ -67,6 +73,16 @@ class RunConfig:
     snapshot_at: tuple = ()  # distillation iterations whose images are sent as events
     export_onnx: bool = False  # also write out/model.onnx (QDQ; genie.export)
     onnx_int: str = "qcdq"  # integer form of the ONNX file: qcdq | int4
+    # mixed precision (w_bits="mixed"; genie.quant.sensitivity, genie.quant.allocation)
+    budget_bits: Optional[float] = None  # weight memory of the uniform W<budget_bits> model
+    w_candidates: tuple = DEFAULT_CANDIDATES  # bit widths a layer may get
+    sensitivity: str = "kl"  # kl | fisher
+    sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES  # calibration images the sensitivity is measured on
+    sensitivity_file: Optional[str] = None  # a table saved earlier (python -m genie sensitivity)
+
+    @property
+    def mixed(self) -> bool:
+        return self.w_bits == MIXED
 
     @property
     def num_samples(self) -> int:
@@ -111,6 +127,7 @@ class RunResult:
     values: dict
     recon_report: object = field(repr=False, default=None)
     qmodel: object = field(repr=False, default=None)
+    sensitivity: object = field(repr=False, default=None)  # the SensitivityTable of a mixed-precision run
 
     def record(self, producer: str = "genie run") -> RunRecord:
         """``values`` as a :class:`genie.record.RunRecord`; the keys that are no record field
@@ -121,7 +138,8 @@ class RunResult:
         v = self.values
         rows = [
             ("model", v["model"]),
-            ("bits (W/A)", f"W{v['w_bits']}A{v['a_bits']} ({v['setting']})"),
+            ("bits (W/A)", _bits_label(v)),
+            ("weight memory", f"{v['weight_bytes']} bytes packed ({v['weight_bits_avg']:.3f} bits per weight)"),
             ("quantizer", v["quantizer"]),
             ("calibration", f"{v['data']}, {v['samples']} images ({v['calib_source']})"),
             ("reconstruction", f"{v['recon_iters']} iterations/unit, batch {v['batch_size']}"),
@@ -134,11 +152,24 @@ class RunResult:
             ("reconstruction time", f"{v['recon_seconds']:.1f} s"),
             ("total time", f"{v['total_seconds']:.1f} s"),
         ]
+        if v.get("sensitivity") is not None:
+            rows.insert(6, ("sensitivity", f"{v['sensitivity']} on {v['sensitivity_samples']} images, "
+                                           f"{v['sensitivity_seconds']:.1f} s; predicted loss {v['predicted_loss']:.4g}"))
         if v.get("distill_seconds") is not None:
             rows.insert(5, ("distillation", f"{v['distiller']}, swing {v['swing']}, {v['distill_iters']} iterations, "
                                             f"{v['distill_seconds']:.1f} s, final BNS loss {v['final_bns_loss']:.4g}"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {val}" for k, val in rows)
+
+
+def _bits_label(v: dict) -> str:
+    if v["w_bits"] is None:  # mixed precision
+        counts = {}
+        for b in v["w_bits_per_layer"].values():
+            counts[b] = counts.get(b, 0) + 1
+        layers = ", ".join(f"{n}x W{b}" for b, n in sorted(counts.items()))
+        return f"mixed W (budget {v['budget_bits']:g} bits/weight: {layers}) A{v['a_bits']} ({v['setting']})"
+    return f"W{v['w_bits']}A{v['a_bits']} ({v['setting']})"
 
 
 def _distill_info(distilled) -> dict:
@@ -233,8 +264,9 @@ def check_config(cfg: RunConfig, spec) -> ReconConfig:
     reconstruction settings."""
     if cfg.samples is not None and cfg.samples <= 0:
         raise GenieError(f"--samples must be positive, got {cfg.samples}")
-    QuantConfig(cfg.w_bits, cfg.a_bits, cfg.quantizer, cfg.setting, cfg.fold_bn,
-                weight_symmetric=cfg.weight_symmetric).validate()
+    _check_mixed(cfg)
+    QuantConfig(max(cfg.w_candidates) if cfg.mixed else cfg.w_bits, cfg.a_bits, cfg.quantizer, cfg.setting,
+                cfg.fold_bn, weight_symmetric=cfg.weight_symmetric).validate()
     if cfg.export_onnx:
         _check_onnx_export(cfg)
     recon_cfg = ReconConfig(iters=cfg.recon_iters, batch_size=cfg.batch_size, drop_prob=cfg.drop_prob,
@@ -247,11 +279,79 @@ def check_config(cfg: RunConfig, spec) -> ReconConfig:
         raise GenieError(f"{spec.name} is an ImageNet model: pass --data-dir, a folder with train/ and val/ subfolders")
     if cfg.out:
         check_output_folder(cfg.out, "the run's results", "--out ",
-                            files=(RESULT_FILE, QMODEL_FILE, ONNX_FILE, DISTILLED_FILE))
+                            files=(RESULT_FILE, QMODEL_FILE, ONNX_FILE, DISTILLED_FILE, SENSITIVITY_FILE))
         if (Path(cfg.out) / CHECKPOINT_DIR).is_file():
             raise GenieError(f"--out {cfg.out}: {Path(cfg.out) / CHECKPOINT_DIR} is a file, where genie keeps "
                              "distillation checkpoints; move it away")
     return recon_cfg
+
+
+def _check_mixed(cfg: RunConfig) -> None:
+    """The mixed-precision options, checked before any slow step (``w_candidates`` normalised)."""
+    if not cfg.mixed:
+        if cfg.budget_bits is not None:
+            raise GenieError(f"--budget-bits {cfg.budget_bits:g} allocates bits per layer: add --w-bits mixed, or drop it")
+        if cfg.sensitivity_file:
+            raise GenieError("--sensitivity-file is used with --w-bits mixed: add --w-bits mixed, or drop it")
+        return
+    if cfg.budget_bits is None:
+        raise GenieError("--w-bits mixed needs --budget-bits B: the weight memory of the uniform WB model, e.g. 2.5")
+    cfg.w_candidates = tuple(check_candidates(cfg.w_candidates, "--w-candidates"))
+    check_budget(cfg.budget_bits)
+    if cfg.budget_bits < cfg.w_candidates[0]:
+        raise GenieError(f"--budget-bits {cfg.budget_bits:g} is below the narrowest candidate of --w-candidates "
+                         f"({cfg.w_candidates[0]} bits): no allocation fits; raise the budget or add a narrower candidate")
+    if cfg.sensitivity not in SENSITIVITY_METHODS:
+        raise GenieError(f"unknown --sensitivity {cfg.sensitivity!r}; use one of {', '.join(SENSITIVITY_METHODS)}")
+    if isinstance(cfg.sensitivity_samples, bool) or not isinstance(cfg.sensitivity_samples, int) \
+            or cfg.sensitivity_samples < 1:
+        raise GenieError(f"--sensitivity-samples must be a positive integer, got {cfg.sensitivity_samples!r}")
+    if cfg.sensitivity_file:
+        table = SensitivityTable.load(cfg.sensitivity_file)
+        _check_table(cfg, table)
+
+
+def _check_table(cfg: RunConfig, table: SensitivityTable) -> None:
+    option = f"--sensitivity-file {cfg.sensitivity_file}"
+    if table.model != cfg.model:
+        raise GenieError(f"{option} was measured on {table.model}, not {cfg.model}: measure it on {cfg.model} "
+                         f"(python -m genie sensitivity --model {cfg.model})")
+    if (table.setting, table.fold_bn, table.weight_symmetric) != (cfg.setting, cfg.fold_bn, cfg.weight_symmetric):
+        raise GenieError(f"{option} was measured with setting {table.setting}, fold_bn {table.fold_bn}, weight_symmetric "
+                         f"{table.weight_symmetric}; this run uses {cfg.setting}, {cfg.fold_bn}, {cfg.weight_symmetric}: "
+                         "measure it with the run's settings")
+    if tuple(table.bits) != tuple(cfg.w_candidates):
+        raise GenieError(f"{option} holds candidates {','.join(map(str, table.bits))}, this run asks for "
+                         f"{','.join(map(str, cfg.w_candidates))}: pass --w-candidates "
+                         f"{','.join(map(str, table.bits))} or measure it again")
+
+
+def mixed_precision_bits(cfg: RunConfig, model, images: torch.Tensor) -> tuple:
+    """``(allocation, table, info)`` of a mixed-precision run: the sensitivity table (measured on
+    the first ``cfg.sensitivity_samples`` calibration images, or read from
+    ``cfg.sensitivity_file``) and the exact allocation under ``cfg.budget_bits``."""
+    t0 = time.perf_counter()
+    if cfg.sensitivity_file:
+        table = SensitivityTable.load(cfg.sensitivity_file)
+        table.check_model(model, cfg.model)
+    else:
+        table = measure_sensitivity(model, images[: cfg.sensitivity_samples], cfg.w_candidates, cfg.sensitivity,
+                                    cfg.setting, cfg.fold_bn, cfg.weight_symmetric, seed=cfg.seed,
+                                    model_name=cfg.model)
+    front = pareto_front(table)
+    allocation = allocate(table, cfg.budget_bits, front)
+    info = {
+        "budget_bits": cfg.budget_bits,
+        "budget_weight_bytes": int(budget_weight_bits(table, cfg.budget_bits) // 8),
+        "w_candidates": list(table.bits),
+        "sensitivity": table.method,
+        "sensitivity_samples": table.images,
+        "sensitivity_file": cfg.sensitivity_file,
+        "sensitivity_seconds": time.perf_counter() - t0,
+        "predicted_loss": allocation.predicted,
+        "pareto_points": len(front),
+    }
+    return allocation, table, info
 
 
 def run(cfg: RunConfig, callback: Callback = None, report: Optional[Callable[["RunResult"], None]] = None) -> RunResult:
@@ -284,11 +384,16 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
     images, calib_source, distill_info = calibration_images(spec, model, cfg, device, callback, preloaded)
     images = images.to(device)
     fp = evaluate(model, test, progress=cfg.progress, desc="FP32 evaluate", keep_predictions=True)
+    mixed_info, table = {}, None
+    w_bits = cfg.w_bits
+    if cfg.mixed:
+        allocation, table, mixed_info = mixed_precision_bits(cfg, model, images)
+        w_bits = allocation.bits
     t_recon = time.perf_counter()
     qmodel = quantize_model(
         model,
         images,
-        w_bits=cfg.w_bits,
+        w_bits=w_bits,
         a_bits=cfg.a_bits,
         quantizer=cfg.quantizer,
         setting=cfg.setting,
@@ -301,9 +406,11 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
     recon_seconds = time.perf_counter() - t_recon
     qmodel.release_teacher()
     q = evaluate(qmodel, test, progress=cfg.progress, desc="quantized evaluate", agree_with=fp["predictions"])
+    layer_bits = qmodel.weight_bits()
+    sizes = [(layer.weight_quant.w_int.numel(), layer.weight_quant.bits) for _, layer in qmodel.layers()]
     values = {
         "model": cfg.model,
-        "w_bits": cfg.w_bits,
+        "w_bits": None if cfg.mixed else cfg.w_bits,
         "a_bits": cfg.a_bits,
         "setting": cfg.setting,
         "fold_bn": cfg.fold_bn,
@@ -328,6 +435,11 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "q_top1": q["top1"],
         "q_top5": q["top5"],
         "q_agree_fp32": q["agree"],  # % of test images where the quantized top-1 is FP32's
+        # every run, uniform or mixed, so that any two compare at equal memory
+        "weight_bytes": weight_memory_bytes(sizes),  # packed integer weights of the quantized layers
+        "weight_bits_avg": sum(n * b for n, b in sizes) / sum(n for n, _ in sizes),
+        "w_bits_per_layer": layer_bits,
+        **mixed_info,
         "recon_seconds": recon_seconds,
         "cuda_graph": cfg.cuda_graph,
         "units": [
@@ -341,7 +453,7 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "genie_version": __version__,
     }
     values["total_seconds"] = time.perf_counter() - t_start
-    return RunResult(values, report, qmodel)
+    return RunResult(values, report, qmodel, table)
 
 
 def write_outputs(result: RunResult, cfg: RunConfig, spec) -> None:
@@ -351,6 +463,8 @@ def write_outputs(result: RunResult, cfg: RunConfig, spec) -> None:
     out.mkdir(parents=True, exist_ok=True)
     values = result.values
     save_quantized(result.qmodel, out / QMODEL_FILE, metadata={k: v for k, v in values.items() if k != "units"})
+    if result.sensitivity is not None:
+        result.sensitivity.save(out / SENSITIVITY_FILE)
     write_record(out / RESULT_FILE, result.record())
     if cfg.export_onnx:
         from .export import export_onnx
@@ -368,9 +482,8 @@ def _check_onnx_export(cfg: RunConfig) -> None:
         raise GenieError("--export-onnx writes OUT/model.onnx: give --out DIR")
     require_onnx()
     form = int_form(cfg.onnx_int)
-    narrowest = min(cfg.w_bits, cfg.a_bits)
-    if narrowest < form.min_bits:
-        raise GenieError(
-            f"--onnx-int {form.name} holds tensors of {form.min_bits} bits or more; W{cfg.w_bits}A{cfg.a_bits} "
-            "needs --onnx-int qcdq"
-        )
+    w_bits = min(cfg.w_candidates) if cfg.mixed else cfg.w_bits
+    if min(w_bits, cfg.a_bits) < form.min_bits:
+        what = f"candidates {','.join(map(str, cfg.w_candidates))}" if cfg.mixed else f"W{cfg.w_bits}A{cfg.a_bits}"
+        raise GenieError(f"--onnx-int {form.name} holds tensors of {form.min_bits} bits or more; {what} "
+                         "needs --onnx-int qcdq")

@@ -32,6 +32,7 @@ class QuantLayer(nn.Module):
             self.kind = "linear"
         else:
             raise GenieError(f"QuantLayer takes Conv2d or Linear, got {type(layer).__name__}")
+        self.source_name: Optional[str] = getattr(layer, "genie_source_name", None)  # name in the FP model
         self.in_features = layer.in_channels if self.kind == "conv" else layer.in_features
         self.out_features = layer.out_channels if self.kind == "conv" else layer.out_features
         self.register_buffer("weight", layer.weight.detach().clone())
@@ -68,13 +69,17 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        w = self.weight_quant(self.weight)
+        return self.apply_weight(x, self.weight_quant(self.weight), self.bias)
+
+    def apply_weight(self, x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The layer's linear map (convolution or matrix product) of ``x`` with weight ``w``
+        (the weight's shape) and ``bias`` (or ``None``)."""
         if self.kind == "linear":
-            return F.linear(x, w, self.bias)
+            return F.linear(x, w, bias)
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding, mode=self.padding_mode)
-            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return F.conv2d(x, w, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return f"{self.kind} {self.in_features}->{self.out_features}"

@@ -1,6 +1,10 @@
 """Building a quantized model from any CNN: blocks from the block table become
 :class:`QuantBlock` units, remaining Conv2d/Linear layers become single-layer units.
 
+Weight bits are one integer for every layer, or one per layer (mixed precision): a dict
+``{layer name: bits}`` naming the quantized model's layers (``"layer1.0.main.0"``) or the FP
+model's (``"layer1.0.conv1"``), or a :class:`genie.quant.allocation.BitAllocation`.
+
 Bit settings (method card, GENIE-M):
 * ``"brecq"`` (default; the paper's Tables 2, 3, 5): the first layer's weights and the last
   layer's weights and input at 8 bits, the first quantized activation after the first layer
@@ -13,7 +17,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -34,9 +38,11 @@ _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn
 
 @dataclass
 class QuantConfig:
-    """How a model is quantized. Bits are integers in 2..8."""
+    """How a model is quantized. Bits are integers in 2..8; ``w_bits`` is one for every layer or
+    ``{layer name: bits}`` (mixed precision; after :func:`quantize_model`, every layer by its
+    quantized-model name)."""
 
-    w_bits: int = 4
+    w_bits: Union[int, dict] = 4
     a_bits: int = 4
     quantizer: str = "genie"  # genie | adaround | nearest
     setting: str = "brecq"  # brecq | all
@@ -44,11 +50,21 @@ class QuantConfig:
     p_norm: float = DEFAULT_P  # norm of the step-size search (Eq. 16)
     weight_symmetric: bool = False  # signed weights with zero point 0 (runtimes such as TensorRT)
 
+    @property
+    def mixed(self) -> bool:
+        """Whether the weight bits differ per layer (``w_bits`` is a dict)."""
+        return isinstance(self.w_bits, dict)
+
     def validate(self) -> "QuantConfig":
-        for name in ("w_bits", "a_bits"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
-                raise GenieError(f"{name} must be an integer from 2 to 8, got {shown(value)}")
+        if hasattr(self.w_bits, "bits") and isinstance(self.w_bits.bits, dict):  # a BitAllocation
+            self.w_bits = dict(self.w_bits.bits)
+        if isinstance(self.w_bits, dict):
+            if not self.w_bits:
+                raise GenieError("w_bits is an empty dict: give {layer name: bits} for the layers, or one integer")
+            self.w_bits = {str(k): check_bits(v, f"w_bits[{k!r}]") for k, v in self.w_bits.items()}
+        else:
+            self.w_bits = check_bits(self.w_bits, "w_bits")
+        self.a_bits = check_bits(self.a_bits, "a_bits")
         if self.quantizer not in WEIGHT_METHODS:
             raise GenieError(f"unknown quantizer {self.quantizer!r}; use one of {', '.join(WEIGHT_METHODS)}")
         if self.setting not in SETTINGS:
@@ -61,6 +77,20 @@ class QuantConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_bits(value, name: str) -> int:
+    """``value`` as a bit width (Python or numpy integer) in 2..8, else a :class:`GenieError`."""
+    import operator
+
+    if not isinstance(value, bool):
+        try:
+            value_int = operator.index(value)  # int, numpy integers, 0-d integer tensors
+        except TypeError:
+            value_int = None
+        if value_int is not None and 2 <= value_int <= 8:
+            return int(value_int)
+    raise GenieError(f"{name} must be an integer from 2 to 8, got {shown(value)}")
 
 
 def check_calibration_images(model: nn.Module, example: torch.Tensor) -> None:
@@ -174,6 +204,7 @@ class QuantizedModel(nn.Module):
         self.unit_names = list(unit_names)
         self.teacher: Optional[nn.Module] = teacher
         self.arch: Optional[str] = None  # zoo name, when built from the zoo (for save/load)
+        self.fixed_w_bits: dict = {}  # {layer: bits} the setting fixes (set by quantize_model)
 
     def __setattr__(self, name: str, value) -> None:
         if name == "teacher":
@@ -196,6 +227,15 @@ class QuantizedModel(nn.Module):
     def layers(self) -> list:
         """``[(name, QuantLayer)]`` in module order."""
         return [(n, m) for n, m in self.net.named_modules() if isinstance(m, QuantLayer)]
+
+    def layer_sources(self) -> dict:
+        """``{quantized-model layer name: FP-model layer name}`` (``"layer1.0.main.0"`` ->
+        ``"layer1.0.conv1"``), in module order; the FP name is ``None`` where unknown."""
+        return {n: m.source_name for n, m in self.layers()}
+
+    def weight_bits(self) -> dict:
+        """``{layer: weight bits}`` of every quantized layer, in module order."""
+        return {n: m.weight_quant.bits for n, m in self.layers()}
 
     def act_quantizers(self) -> list:
         return [(n, m) for n, m in self.net.named_modules() if isinstance(m, ActQuantizer)]
@@ -294,29 +334,82 @@ def _probe(qm: QuantizedModel, teacher: nn.Module, example: torch.Tensor) -> dic
     return {"order": list(dict.fromkeys(order)), "units": list(dict.fromkeys(unit_order))}
 
 
-def _assign_bits(qm: QuantizedModel, order: list) -> None:
-    cfg = qm.config
+def _setting_rules(qm: QuantizedModel, order: list) -> tuple:
+    """The bits the setting fixes: ``({layer: bits}, {activation quantizer: bits})``; under
+    ``"brecq"`` the first and last layer's weights, the second layer's input and the last
+    layer's input at 8 bits, under ``"all"`` nothing."""
     named = dict(qm.net.named_modules())
     layer_order = [n for n in order if isinstance(named[n], QuantLayer)]
     act_order = [n for n in order if isinstance(named[n], ActQuantizer)]
     if not layer_order:
         raise GenieError("no quantizable layer ran in the forward pass; nothing to quantize")
+    if qm.config.setting != "brecq":
+        return {}, {}
     first, last = layer_order[0], layer_order[-1]
     pos = {n: i for i, n in enumerate(order)}
-    for _, layer in qm.layers():
-        layer.weight_quant.bits = cfg.w_bits
+    acts = {}
+    after_first = [a for a in act_order if pos[a] > pos[first]]
+    if after_first:
+        acts[after_first[0]] = 8  # the second layer's input
+    before_last = [a for a in act_order if pos[first] < pos[a] < pos[last]]
+    if before_last:
+        acts[before_last[-1]] = 8  # the last layer's input
+    return {first: 8, last: 8}, acts
+
+
+def _listed(names: list, limit: int = 24) -> str:
+    shown_names = ", ".join(names[:limit])
+    return shown_names + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _layer_bits(qm: QuantizedModel, w_bits, fixed: dict) -> dict:
+    """``{layer: bits}`` for every layer of ``qm`` (execution order of ``qm.layers()``) from one
+    integer or a dict naming layers by their quantized-model or FP-model names; the setting's
+    ``fixed`` bits win over an integer and must not be contradicted by a dict."""
+    names = [n for n, _ in qm.layers()]
+    if not isinstance(w_bits, dict):
+        return {n: fixed.get(n, w_bits) for n in names}
+    sources = qm.layer_sources()
+    by_source = {src: q for q, src in sources.items() if src is not None}
+    resolved, unknown = {}, []
+    for key, bits in w_bits.items():
+        name = key if key in sources else by_source.get(key)
+        if name is None:
+            unknown.append(key)
+        elif resolved.setdefault(name, bits) != bits:
+            raise GenieError(f"w_bits gives layer {name!r} two bit widths ({resolved[name]} and {bits}, once by its "
+                             f"FP-model name {sources[name]!r}); give it one")
+    valid = [f"{q} ({src})" if src and src != q else q for q, src in sources.items()]
+    if unknown:
+        raise GenieError(f"w_bits names {len(unknown)} layer(s) the model does not have: {_listed(unknown, 8)}; "
+                         f"its quantized layers are: {_listed(valid)}")
+    for name, bits in fixed.items():
+        if name in resolved and resolved[name] != bits:
+            raise GenieError(f"w_bits gives layer {name!r} {resolved[name]} bits, but setting {qm.config.setting!r} "
+                             f"keeps it at {bits} (the first and last layer): drop it from w_bits, or quantize "
+                             "with setting='all' (--setting all)")
+    missing = [n for n in names if n not in resolved and n not in fixed]
+    if missing:
+        raise GenieError(f"w_bits gives no bits for {len(missing)} layer(s): {_listed(missing, 8)}; name every "
+                         "layer (genie.quant.allocate returns such a plan) or give one integer")
+    return {n: resolved.get(n, fixed.get(n)) for n in names}
+
+
+def _assign_bits(qm: QuantizedModel, order: list) -> None:
+    cfg = qm.config
+    named = dict(qm.net.named_modules())
+    fixed_w, fixed_a = _setting_rules(qm, order)
+    layer_bits = _layer_bits(qm, cfg.w_bits, fixed_w)
+    for name, layer in qm.layers():
+        layer.weight_quant.bits = layer_bits[name]
+    if cfg.mixed:
+        cfg.w_bits = layer_bits  # every layer, by its quantized-model name (saved with the model)
+    qm.fixed_w_bits = fixed_w
+    first = next(n for n in order if isinstance(named[n], QuantLayer))
+    pos = {n: i for i, n in enumerate(order)}
     for name, q in qm.act_quantizers():
-        q.bits = cfg.a_bits
+        q.bits = fixed_a.get(name, cfg.a_bits)
         q.enabled = name in pos and pos[name] > pos[first]  # the image input stays FP
-    if cfg.setting == "brecq":
-        named[first].weight_quant.bits = 8
-        named[last].weight_quant.bits = 8
-        after_first = [a for a in act_order if pos[a] > pos[first]]
-        if after_first:
-            named[after_first[0]].bits = 8  # the second layer's input
-        before_last = [a for a in act_order if pos[first] < pos[a] < pos[last]]
-        if before_last:
-            named[before_last[-1]].bits = 8  # the last layer's input
 
 
 def _build(model: nn.Module, config: QuantConfig, blocks, device, check_on=None) -> QuantizedModel:
@@ -326,6 +419,9 @@ def _build(model: nn.Module, config: QuantConfig, blocks, device, check_on=None)
     teacher = prepare_fp_model(model, config.fold_bn, check_on).to(device)
     table = {} if blocks is False else {**default_block_table(), **(blocks or {})}
     net = copy.deepcopy(teacher)
+    for name, m in net.named_modules():
+        if is_weight_layer(m):
+            m.genie_source_name = name  # kept by its QuantLayer: the FP model's name of the layer
     if type(net) in table or is_weight_layer(net):
         raise GenieError("the model itself is a single block or layer; wrap it in an nn.Module or nn.Sequential")
     unit_names: list = []
