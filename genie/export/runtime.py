@@ -122,41 +122,58 @@ def _integer_types(proto) -> dict:
     return {k: v for k, v in types.items() if k.endswith(".int")}
 
 
-def onnx_activation_integers(model: Union[str, Path, bytes], images: torch.Tensor, upstream: Optional[dict] = None) -> dict:
+def onnx_activation_integers(model: Union[str, Path, bytes], images: torch.Tensor, upstream: Optional[dict] = None,
+                             with_output: bool = False, optimization: str = "all") -> dict:
     """``{quantizer name: integer array}``: every activation quantizer's integer tensor
     (``"<name>.int"`` in the graph) computed by onnxruntime on ``images``.
 
     ``upstream``: ``{quantizer name: integer array}`` to feed in place of onnxruntime's own
     integers, so that each quantizer's integers are computed from the same quantized inputs as
     genie's (a per-tensor check that does not accumulate earlier rounding differences).
+    ``with_output``: also the graph's output under the key ``None`` (with ``upstream``: computed
+    from genie's integers of the last quantized tensor). ``optimization``: onnxruntime's graph
+    optimisation level (:func:`onnx_session`; ``"none"`` runs the nodes as written).
     """
     onnx = require_onnx()
-    from onnx import TensorProto
+    from onnx import TensorProto, numpy_helper
 
     proto = _load_proto(model)
-    types = _integer_types(proto)
-    outputs = dict(types)  # {tensor read back: element type}
+    inits = {i.name: i for i in proto.graph.initializer}
+    dequantize_of = {n.input[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    numpy_type = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8}
     feeds = {INPUT_NAME: images.detach().float().cpu().numpy()}
-    if upstream is not None:
-        # each "<name>.int" becomes an input fed with genie's integers; the node that computed it
-        # writes "<name>.int.onnx" instead, which is read back
-        renamed = {name: f"{name}.onnx" for name in types}
-        for n in proto.graph.node:
-            for i, o in enumerate(n.output):
-                if o in renamed:
-                    n.output[i] = renamed[o]
-        numpy_type = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8}
-        for name, elem in types.items():
-            if elem not in numpy_type:
-                raise GenieError("the per-tensor parity check handles int8/uint8 containers (int_form='qcdq')")
-            proto.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
-            feeds[name] = upstream[name[: -len(".int")]].astype(numpy_type[elem])
-        outputs = {renamed[name]: elem for name, elem in types.items()}
-    for name, elem in outputs.items():
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-    session = onnx_session(proto.SerializeToString())
-    values = session.run(list(outputs), feeds)
-    return {name[: name.index(".int")]: np.asarray(v).astype(np.int64) for name, v in zip(outputs, values)}
+    read = {}  # {quantizer: (tensor read back, its element type, step size or None for integers)}
+    for tensor, elem in _integer_types(proto).items():
+        quantizer = tensor[: -len(".int")]
+        if elem in numpy_type:
+            target, scale = tensor, None
+        else:
+            # numpy has no 4-bit type: the dequantized float tensor (zero point 0: s * q) stands in
+            node = dequantize_of[tensor]
+            target, elem = node.output[0], TensorProto.FLOAT
+            scale = float(numpy_helper.to_array(inits[node.input[1]]).reshape(-1)[0])  # per tensor
+        if upstream is not None:
+            # the tensor becomes an input fed with genie's integers; the node that computed it
+            # writes "<tensor>.onnx" instead, which is read back
+            for n in proto.graph.node:
+                for i, o in enumerate(n.output):
+                    if o == target:
+                        n.output[i] = f"{target}.onnx"
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(target, elem, None))
+            ints = upstream[quantizer]
+            feeds[target] = ints.astype(numpy_type[elem]) if scale is None else (ints * scale).astype(np.float32)
+            target = f"{target}.onnx"
+        read[quantizer] = (target, elem, scale)
+    for target, elem, _ in read.values():
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(target, elem, None))
+    session = onnx_session(proto.SerializeToString(), optimization=optimization)
+    names = [target for target, _, _ in read.values()] + ([proto.graph.output[0].name] if with_output else [])
+    values = session.run(names, feeds)
+    found = {q: (np.asarray(v).astype(np.int64) if scale is None else np.rint(np.asarray(v) / scale).astype(np.int64))
+             for (q, (_, _, scale)), v in zip(read.items(), values)}
+    if with_output:
+        found[None] = np.asarray(values[-1])
+    return found
 
 
 def genie_activation_integers(qmodel, images: torch.Tensor) -> dict:
@@ -199,3 +216,47 @@ def integer_parity(qmodel, model: Union[str, Path, bytes], images: torch.Tensor,
     if missing:
         raise GenieError(f"activation quantizers not matched between genie and the ONNX graph: {missing[:5]}")
     return {k: (int(np.abs(ours[k] - theirs[k]).max()), float((ours[k] != theirs[k]).mean())) for k in ours}
+
+
+def output_parity(qmodel, model: Union[str, Path, bytes], images: torch.Tensor, optimization: str = "all") -> tuple:
+    """``(difference, bound)``: the largest |difference| between onnxruntime's and genie's
+    outputs on ``images`` when onnxruntime's last layer reads genie's integers of its input,
+    and what float32 arithmetic allows there, per output element.
+
+    Both compute ``sum_i w_i x_i + b`` in float32 from the same integers, in different orders; a
+    sum of ``n`` products rounded in any order is within ``gamma_n * sum_i |w_i x_i|`` of the exact
+    value (``gamma_n = n u / (1 - n u)``, ``u = 2^-24``; Higham, Accuracy and Stability of
+    Numerical Algorithms, Sec. 3.1), so the two differ by at most twice that, plus the rounding
+    of the dequantized inputs and weights (one ``u`` each) and of the bias. The model's output
+    must be its last quantized layer's (a classifier ending in its Linear layer or convolution).
+    ``optimization``: onnxruntime's graph optimisation level; with ``"all"`` it may run the layer
+    as an integer kernel (``QGemm``), whose exact integer sums stay within the same bound.
+    """
+    from ..quant.layers import QuantLayer
+
+    name, last = [(n, m) for n, m in qmodel.net.named_modules() if isinstance(m, QuantLayer)][-1]
+    captured = {}
+    hook = last.register_forward_hook(lambda module, args, out: captured.update(x=args[0], out=out))
+    ours = genie_activation_integers(qmodel, images)
+    try:
+        with torch.no_grad():
+            output = qmodel.eval()(images.to(model_device(qmodel)))
+    finally:
+        hook.remove()
+    if captured.get("out") is None or not torch.equal(captured["out"], output):
+        raise GenieError(f"the model's output is not its last quantized layer's ({name!r}): output_parity compares "
+                         "classifiers that end in their last Linear or convolution")
+    theirs = onnx_activation_integers(model, images, upstream=ours, with_output=True, optimization=optimization)[None]
+    with torch.no_grad():
+        x = last.input_quant(captured["x"]) if last.input_quant is not None else captured["x"]
+        w = last.quantized_weight()
+        magnitude = last.apply_weight(x.abs().double(), w.abs().double(), None)
+        if last.bias is not None:
+            magnitude = magnitude + last.bias.abs().double().reshape((1, -1) + (1,) * (magnitude.dim() - 2))
+    u = 2.0 ** -24
+    n = w[0].numel() + 2  # the products, plus the dequantization of each factor
+    gamma = n * u / (1 - n * u)
+    bound = (2 * gamma * magnitude).cpu().numpy()
+    diff = np.abs(theirs - output.cpu().numpy())
+    worst = np.unravel_index(np.argmax(diff - bound), diff.shape)
+    return float(diff[worst]), float(bound[worst])
