@@ -1,4 +1,5 @@
-"""GENIE-M: quantizers, quantized-model builder, block reconstruction, save/load."""
+"""GENIE-M: quantizers, quantized-model builder, block reconstruction, save/load; mixed precision
+(per-layer sensitivity and the exact bit allocation under a memory budget)."""
 from .act_quantizer import ActQuantizer
 from .blocks import BlockParts, QuantBlock, default_block_table, register_block
 from .bn_fold import fold_batchnorm
@@ -28,5 +29,8 @@ __all__ = [
     "search_weight_scale",
 ]
 from .serialize import load_quantized, save_quantized  # noqa: E402
+from .sensitivity import SensitivityTable, measure_sensitivity  # noqa: E402
+from .allocation import BitAllocation, allocate, pareto_front, uniform_allocation  # noqa: E402
 
-__all__ += ["load_quantized", "save_quantized"]
+__all__ += ["load_quantized", "save_quantized", "SensitivityTable", "measure_sensitivity", "BitAllocation",
+            "allocate", "pareto_front", "uniform_allocation"]
