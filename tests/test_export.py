@@ -336,3 +336,31 @@ def test_a_failed_write_leaves_the_previous_file(resnet20_models, tmp_path, monk
         export_onnx(resnet20_models[(4, 4)], path, (1, 3, 32, 32))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left behind
+
+
+def test_a_mixed_precision_model_exports_each_layers_bits(resnet20, calib64, test_images, tmp_path):
+    import json
+
+    names = [n for n, _ in quantize_model(resnet20, calib64[:4], quantizer="nearest").layers()]
+    free = [n for n in names if n not in ("conv1", "linear")]
+    plan = {n: (2, 3, 4, 8)[i % 4] for i, n in enumerate(free)}
+    qm = _quantized(resnet20, calib64, plan, 4)
+    report = export_onnx(qm, tmp_path / "m.onnx", (1, 3, 32, 32))
+    model = onnx.load(str(report.path))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["w_bits"] == "mixed" and json.loads(props["w_bits_per_layer"]) == qm.weight_bits()
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for name, bits in qm.weight_bits().items():
+        w = inits[f"{name}.weight_int"]
+        assert w.max() <= 2 ** bits - 1 and np.array_equal(w, qm.net.get_submodule(name).weight_quant.w_int.numpy())
+    _assert_per_tensor_parity(qm, report.path, test_images.images[:16])
+    with pytest.raises(GenieError, match="has 2 bits"):
+        export_onnx(qm, tmp_path / "i4.onnx", (1, 3, 32, 32), int_form="int4")
+    # 4- and 8-bit layers only: native UINT4 where 4 bits
+    plan48 = {n: (4, 8)[i % 2] for i, n in enumerate(free)}
+    qm48 = _quantized(resnet20, calib64, plan48, 4)
+    model = onnx.load(str(export_onnx(qm48, tmp_path / "i4.onnx", (1, 3, 32, 32), int_form="int4").path))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for name, bits in qm48.weight_bits().items():
+        assert types[f"{name}.weight_int"] == (onnx.TensorProto.UINT4 if bits == 4 else onnx.TensorProto.UINT8)
+    _assert_per_tensor_parity(qm48, tmp_path / "i4.onnx", test_images.images[:16])

@@ -9,6 +9,8 @@ Two exports of the same model give byte-identical files.
 """
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -209,7 +211,9 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
     metadata = {
         "genie_version": __version__,
         "arch": qmodel.arch or "",
-        "w_bits": cfg.w_bits,
+        "w_bits": "mixed" if cfg.mixed else cfg.w_bits,
+        # each layer's weight bits (qcdq keeps n-bit integers in 8-bit containers), as JSON
+        "w_bits_per_layer": json.dumps(qmodel.weight_bits()),
         "a_bits": cfg.a_bits,
         "setting": cfg.setting,
         "quantizer": cfg.quantizer,
