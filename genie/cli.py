@@ -77,6 +77,8 @@ def _w_bits(text: str):
 
 
 def _candidates(text: str) -> tuple:
+    if not text.strip():
+        return ()  # refused with the other candidate checks
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:

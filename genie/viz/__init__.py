@@ -1,5 +1,6 @@
 """Figures and widgets for the notebooks: image grids, live loss curves and per-block error charts
-fed from genie's events, progress bars, result tables and a control panel with a Run button.
+fed from genie's events, progress bars, result tables, a control panel with a Run button, and the
+figures and budget slider of mixed precision.
 
 Two display modes, picked by :func:`live_frontend`:
 
@@ -21,8 +22,8 @@ seconds.
 Modules: :mod:`~genie.viz.display` (display mode, showing figures and text),
 :mod:`~genie.viz.figures` (static figures and tables), :mod:`~genie.viz.views` (live views and
 their base class), :mod:`~genie.viz.monitors` (the monitors of distillation, reconstruction and
-a pipeline run), :mod:`~genie.viz.panel` (the control panel), :mod:`~genie.viz.notebook`
-(notebook set-up).
+a pipeline run), :mod:`~genie.viz.panel` (the control panel), :mod:`~genie.viz.mixed` (the
+figures and the budget slider of mixed precision), :mod:`~genie.viz.notebook` (notebook set-up).
 Everything public is importable from ``genie.viz`` itself.
 """
 from ..distill.schedule import snapshot_schedule
@@ -42,6 +43,16 @@ from .figures import (
     table_text,
     to_rgb,
 )
+from .mixed import (
+    BudgetSlider,
+    accuracy_memory_figure,
+    bits_figure,
+    budget_explorer,
+    budget_slider,
+    pareto_figure,
+    sensitivity_figure,
+    sensitivity_label,
+)
 from .monitors import DistillMonitor, PipelineMonitor, ReconMonitor
 from .notebook import notebook_setup, picker
 from .panel import RunPanel
@@ -49,6 +60,7 @@ from .views import BlockErrorChart, ImageGridView, LiveLines, Progress
 
 __all__ = [
     "BlockErrorChart",
+    "BudgetSlider",
     "DistillMonitor",
     "ERROR_LABEL",
     "ImageGridView",
@@ -59,7 +71,11 @@ __all__ = [
     "Progress",
     "ReconMonitor",
     "RunPanel",
+    "accuracy_memory_figure",
     "bar_figure",
+    "bits_figure",
+    "budget_explorer",
+    "budget_slider",
     "chain",
     "heatmap_figure",
     "histograms_figure",
@@ -70,7 +86,10 @@ __all__ = [
     "maps_figure",
     "mosaic",
     "notebook_setup",
+    "pareto_figure",
     "picker",
+    "sensitivity_figure",
+    "sensitivity_label",
     "show",
     "show_text",
     "snapshot_schedule",
