@@ -41,7 +41,7 @@ def sensitivity_figure(table, title: Optional[str] = None, log: bool = True):
     fixed = ", ".join(f"{layer} at {bits}" for layer, (bits, _) in table.fixed.items())
     title = title or (f"Sensitivity of each layer's weights ({table.method}, {table.images} images)"
                       + (f"; fixed: {fixed}" if fixed else ""))
-    fig = heatmap_figure(table.scores, [f"W{b}" for b in table.bits], rows, title,
+    fig = heatmap_figure(table.matrix(), [f"W{b}" for b in table.bits], rows, title,
                          "weight bits of that layer alone (every other layer and every activation FP32)",
                          "layer (weights), in forward order", colorbar=sensitivity_label(table.method),
                          log=log)
@@ -49,8 +49,8 @@ def sensitivity_figure(table, title: Optional[str] = None, log: bool = True):
     return fig
 
 
-def pareto_figure(front: Sequence, marked: Optional[dict] = None, title: str = "Pareto front: weight memory vs predicted loss",
-                  method: str = "kl", log_y: bool = True):
+def pareto_figure(front: Sequence, marked: Optional[dict] = None,
+                  title: str = "Pareto front: weight memory vs predicted loss", method: str = "kl", log_y: bool = True):
     """Every allocation of ``front`` (:func:`genie.quant.pareto_front`) as memory (bytes) against
     predicted loss (summed sensitivity), plus ``marked`` allocations ``{label: BitAllocation}``
     (e.g. the uniform models, the chosen ones) as labelled points."""
@@ -84,8 +84,8 @@ def _bits_title(allocation, table=None) -> str:
     budget = allocation.budget_bits
     head = f"budget {budget:g} bits/weight" if budget is not None else "allocation"
     if budget is not None and table is not None:
-        head += f" ({budget_weight_bits(table, budget) / 8:,.0f} bytes, the uniform W{budget:g} model)"
-    return (f"{head}: {allocation.weight_bytes:,} bytes ({allocation.weight_bits_avg:.3f} bits/weight), "
+        head += f" ({budget_weight_bits(table, budget) / 8:,.0f} bytes)"
+    return (f"{head}: {allocation.weight_bytes:,} bytes allocated ({allocation.weight_bits_avg:.3f} bits/weight), "
             f"predicted loss {allocation.predicted:.4g}")
 
 
