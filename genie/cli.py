@@ -34,6 +34,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm unfolded (reference behaviour)")
     p.add_argument("--weight-symmetric", action="store_true",
                    help="signed weights with zero point 0 (runtimes such as TensorRT) instead of asymmetric")
+    p.add_argument("--profile", default="paper", choices=["paper", "deploy"],
+                   help="paper: activations quantized as in the paper (default); deploy: also the image, both "
+                        "inputs of every residual add and unit outputs at 8 bits, so integer runtimes run "
+                        "every layer in integers")
     p.add_argument("--export-onnx", action="store_true", help="also write OUT/model.onnx (QDQ; see genie export)")
     _add_onnx_int_argument(p)
     p.add_argument("--drop-prob", type=float, default=ReconConfig.drop_prob,

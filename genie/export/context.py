@@ -22,6 +22,9 @@ class ExportContext:
     modules: dict = field(default_factory=dict)
     folds: dict = field(default_factory=dict)
     quantized: bool = True  # False: a float graph of the dequantized model (a latency baseline)
+    # signed activations as uint8 with zero point 2^(bits-1) (the same values): every activation
+    # then has one type, which onnxruntime's integer adds (QLinearAdd) need (deploy profile)
+    offset_signed: bool = False
 
     @staticmethod
     def shape(node) -> tuple:

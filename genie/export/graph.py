@@ -58,7 +58,9 @@ class OnnxGraph:
         elif arr.dtype.kind == "i" and arr.dtype != np.int32 and arr.dtype.itemsize != 1:
             arr = arr.astype(np.int64)
         name = self.fresh(hint)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # np.ascontiguousarray would make a 0-d array 1-d: a per-tensor scale must stay a scalar
+        # (onnxruntime fuses QDQ adds into QLinearAdd only with scalar scales)
+        self.initializers.append(self.onnx.numpy_helper.from_array(arr.copy(order="C"), name))
         return name
 
     def integer_constant(self, values: np.ndarray, elem_type: int, hint: str) -> str:

@@ -199,10 +199,12 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
     folds, aliases = _bn_folds(gm)
     graph = OnnxGraph(form.opset)
     ctx = ExportContext(graph, form, qmodel.config.weight_symmetric, dict(gm.named_modules()), folds,
-                        quantized)
+                        quantized, offset_signed=qmodel.config.profile == "deploy")
     outputs = _translate(gm, ctx, aliases)
     if not all(isinstance(name, str) for name, _ in outputs):
         raise GenieError("ONNX export handles models whose outputs are tensors")
+    if ctx.offset_signed:
+        drop_relus_before_quantizers(graph)
     batch = "N" if dynamic_batch else 1
     out_names = [OUTPUT_NAME if len(outputs) == 1 else f"{OUTPUT_NAME}_{i}" for i in range(len(outputs))]
     for (name, _), new in zip(outputs, out_names):
@@ -218,6 +220,7 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
         "setting": cfg.setting,
         "quantizer": cfg.quantizer,
         "weight_symmetric": ctx.symmetric,
+        "profile": cfg.profile,
         "int_form": form.name if quantized else "float",
     }
     model = graph.model(
@@ -230,6 +233,39 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
     except Exception as exc:  # a bug in the exporter, not the user's input
         raise RuntimeError(f"genie wrote an invalid ONNX graph (please report): {exc}") from exc
     return model
+
+
+def drop_relus_before_quantizers(graph: OnnxGraph) -> int:
+    """Remove every ``Relu`` whose readers are all ``QuantizeLinear`` nodes to an unsigned type
+    with zero point 0; returns how many. Such a quantizer clamps negative values to 0 itself, so
+    the graph computes the same integers. An integer runtime then finds the operator before the
+    Relu feeding a quantizer: onnxruntime fuses ``DQ, DQ -> Add -> Q`` into ``QLinearAdd`` only
+    then (it drops such a Relu too, but after choosing its fusions)."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in graph.initializers}
+
+    def unsigned_zero(name: str) -> bool:
+        t = inits.get(name)
+        return (t is not None and t.data_type in (TensorProto.UINT8, TensorProto.UINT4)
+                and not numpy_helper.to_array(t).any())
+
+    readers: dict = {}
+    for n in graph.nodes:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    kept, dropped = [], 0
+    for n in graph.nodes:
+        users = readers.get(n.output[0], []) if n.op_type == "Relu" else []
+        if users and all(u.op_type == "QuantizeLinear" and u.input[0] == n.output[0] and unsigned_zero(u.input[2])
+                         for u in users):
+            for u in users:
+                u.input[0] = n.input[0]
+            dropped += 1
+        else:
+            kept.append(n)
+    graph.nodes[:] = kept
+    return dropped
 
 
 def _rename(graph: OnnxGraph, old: str, new: str) -> None:

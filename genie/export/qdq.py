@@ -9,7 +9,8 @@ Integer forms (``int_form``), a table from name to :class:`IntForm`:
   tensors are written as in ``qcdq``; tensors below 4 bits have no native type and are refused.
 
 Activations: per tensor, symmetric (zero point 0): uint when genie found no negative values,
-int otherwise. Weights: per output channel (``axis=0``), stored as integer initializers: uint
+int otherwise (in the deploy profile uint with zero point ``2^(bits-1)`` instead: the same values,
+one type for every activation). Weights: per output channel (``axis=0``), stored as integer initializers: uint
 with the per-channel zero point (asymmetric) or int with zero point 0 (symmetric mode).
 ONNX rounds half to even, as ``torch.round`` does.
 """
@@ -57,13 +58,18 @@ def container_type(bits: int, signed: bool, form: IntForm) -> tuple:
     return (TensorProto.INT8 if signed else TensorProto.UINT8), bits < 8
 
 
-def quantize_activation(g, x: str, scale: float, bits: int, signed: bool, form: IntForm, name: str) -> str:
+def quantize_activation(g, x: str, scale: float, bits: int, signed: bool, form: IntForm, name: str,
+                        offset: bool = False) -> str:
     """``DequantizeLinear([Clip](QuantizeLinear(x)))`` with per-tensor ``scale`` (zero point 0);
-    returns the dequantized tensor's name. The integer tensor is named ``"{name}.int"``."""
+    returns the dequantized tensor's name. The integer tensor is named ``"{name}.int"``.
+    ``offset``: a signed tensor is written unsigned with zero point ``2^(bits-1)`` (each integer
+    plus that offset: the same values in the unsigned type)."""
+    zero = 2 ** (bits - 1) if signed and offset else 0
+    signed = signed and not offset
     elem, clip = container_type(bits, signed, form)
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     s = g.constant(np.array(scale, dtype=np.float32), f"{name}.scale")
-    zp = g.integer_constant(np.zeros((), dtype=np.int64), elem, f"{name}.zero_point")
+    zp = g.integer_constant(np.array(zero, dtype=np.int64), elem, f"{name}.zero_point")
     q = g.node("QuantizeLinear", [x, s, zp], f"{name}.q" if clip else f"{name}.int")
     if clip:
         lo = g.integer_constant(np.array(qmin), elem, f"{name}.qmin")

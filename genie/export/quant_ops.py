@@ -19,7 +19,7 @@ def act_quantizer(ctx, node, q: ActQuantizer, x, name=None):
     if not q.enabled or not ctx.quantized:
         return x
     return quantize_activation(ctx.graph, x, float(q.scale.detach().cpu()), q.bits, q.signed, ctx.form,
-                               name or node.target)
+                               name or node.target, offset=ctx.offset_signed)
 
 
 def _input_quantizer(ctx, node, layer: QuantLayer):
@@ -75,12 +75,16 @@ def quant_layer(ctx, node, layer: QuantLayer, x):
         w = g.constant(weight.astype(np.float32), f"{name}.weight")
         b = g.constant(bias, f"{name}.bias") if bias is not None else None
     if layer.kind == "conv":
-        return _conv(ctx, layer, x, w, b, name)
-    if len(ctx.shape(node.args[0])) == 2:
-        return g.node("Gemm", [x, w] + ([b] if b else []), name, transB=1)
-    wt = g.node("Transpose", [w], f"{name}.weight_t", perm=[1, 0])
-    y = g.node("MatMul", [x, wt], f"{name}.matmul")
-    return g.node("Add", [y, b], name) if b else y
+        y = _conv(ctx, layer, x, w, b, name)
+    elif len(ctx.shape(node.args[0])) == 2:
+        y = g.node("Gemm", [x, w] + ([b] if b else []), name, transB=1)
+    else:
+        wt = g.node("Transpose", [w], f"{name}.weight_t", perm=[1, 0])
+        y = g.node("MatMul", [x, wt], f"{name}.matmul")
+        y = g.node("Add", [y, b], name) if b else y
+    if layer.output_quant is not None:
+        y = act_quantizer(ctx, node, layer.output_quant, y, f"{name}.output_quant")
+    return y
 
 
 def _conv(ctx, layer: QuantLayer, x, w, b, name):

@@ -111,12 +111,16 @@ def _load_proto(model: Union[str, Path, bytes]):
 
 
 def _integer_types(proto) -> dict:
-    """``{"<quantizer>.int" tensor: ONNX element type}`` of a QDQ graph written by genie."""
-    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    """``{"<quantizer>.int" tensor: (ONNX element type, zero point)}`` of a QDQ graph written by
+    genie (the zero point is 0, or ``2^(bits-1)`` for a signed tensor written unsigned)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
     types = {}
     for n in proto.graph.node:
         if n.op_type == "QuantizeLinear":
-            types[n.output[0]] = inits[n.input[2]]
+            zp = inits[n.input[2]]
+            types[n.output[0]] = (zp.data_type, int(numpy_helper.to_array(zp).reshape(-1)[0]))
         elif n.op_type == "Clip" and n.input[0] in types:
             types[n.output[0]] = types[n.input[0]]
     return {k: v for k, v in types.items() if k.endswith(".int")}
@@ -143,7 +147,7 @@ def onnx_activation_integers(model: Union[str, Path, bytes], images: torch.Tenso
     numpy_type = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8}
     feeds = {INPUT_NAME: images.detach().float().cpu().numpy()}
     read = {}  # {quantizer: (tensor read back, its element type, step size or None for integers)}
-    for tensor, elem in _integer_types(proto).items():
+    for tensor, (elem, zero) in _integer_types(proto).items():
         quantizer = tensor[: -len(".int")]
         if elem in numpy_type:
             target, scale = tensor, None
@@ -161,16 +165,19 @@ def onnx_activation_integers(model: Union[str, Path, bytes], images: torch.Tenso
                         n.output[i] = f"{target}.onnx"
             proto.graph.input.append(onnx.helper.make_tensor_value_info(target, elem, None))
             ints = upstream[quantizer]
-            feeds[target] = ints.astype(numpy_type[elem]) if scale is None else (ints * scale).astype(np.float32)
+            feeds[target] = ((ints + zero).astype(numpy_type[elem]) if scale is None
+                             else (ints * scale).astype(np.float32))
             target = f"{target}.onnx"
-        read[quantizer] = (target, elem, scale)
-    for target, elem, _ in read.values():
+        read[quantizer] = (target, elem, scale, zero)
+    for target, elem, _, _ in read.values():
         proto.graph.output.append(onnx.helper.make_tensor_value_info(target, elem, None))
     session = onnx_session(proto.SerializeToString(), optimization=optimization)
-    names = [target for target, _, _ in read.values()] + ([proto.graph.output[0].name] if with_output else [])
+    names = [target for target, _, _, _ in read.values()] + ([proto.graph.output[0].name] if with_output else [])
     values = session.run(names, feeds)
-    found = {q: (np.asarray(v).astype(np.int64) if scale is None else np.rint(np.asarray(v) / scale).astype(np.int64))
-             for (q, (_, _, scale)), v in zip(read.items(), values)}
+    # genie's integers: minus the zero point, or (4-bit types) the dequantized value over the step
+    found = {q: (np.asarray(v).astype(np.int64) - zero if scale is None
+                 else np.rint(np.asarray(v) / scale).astype(np.int64))
+             for (q, (_, _, scale, zero)), v in zip(read.items(), values)}
     if with_output:
         found[None] = np.asarray(values[-1])
     return found

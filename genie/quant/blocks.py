@@ -126,7 +126,7 @@ class QuantBlock(nn.Module):
     input quantizer. ``main`` holds an :class:`ActQuantizer` in front of each weight layer after
     the first. Built by :func:`genie.quant.quantize_model`; ``source_type`` names the FP block."""
 
-    def __init__(self, parts: BlockParts, source_type: str):
+    def __init__(self, parts: BlockParts, source_type: str, deploy: bool = False):
         super().__init__()
         self.source_type = source_type
         self.input_quant = ActQuantizer()
@@ -134,13 +134,26 @@ class QuantBlock(nn.Module):
         self.shortcut = parts.shortcut
         self.has_residual = parts.shortcut is not None
         self.post = parts.post if parts.post is not None else nn.Identity()
+        # the deployment profile (genie.quant.qmodel): both inputs of the residual add quantized
+        # (an identity shortcut's already is: the block's input), and the output when what reads
+        # it quantizes nothing first; an integer runtime then adds integers (QLinearAdd)
+        self.main_quant = ActQuantizer() if deploy and self.has_residual else None
+        identity = isinstance(parts.shortcut, nn.Identity)
+        self.shortcut_quant = ActQuantizer() if deploy and self.has_residual and not identity else None
+        self.output_quant = ActQuantizer() if deploy else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_quant(x)
         out = self.main(x)
         if self.has_residual:
-            out = out + self.shortcut(x)
-        return self.post(out)
+            if self.main_quant is not None:
+                out = self.main_quant(out)
+            residual = self.shortcut(x)
+            if self.shortcut_quant is not None:
+                residual = self.shortcut_quant(residual)
+            out = out + residual
+        out = self.post(out)
+        return self.output_quant(out) if self.output_quant is not None else out
 
     def extra_repr(self) -> str:
         return f"from {self.source_type}"

@@ -18,10 +18,12 @@ class QuantLayer(nn.Module):
 
     ``own_input_quant``: the layer quantizes its own input (a layer outside any block). Inside a
     block the block places the activation quantizers, so the layer has none.
+    ``own_output_quant``: it also has an output quantizer (the deployment profile; enabled by
+    :func:`genie.quant.quantize_model` where nothing quantizes the output before it is used).
     The FP weight and bias are buffers: the only trainable tensors are quantization parameters.
     """
 
-    def __init__(self, layer: nn.Module, method: str, own_input_quant: bool):
+    def __init__(self, layer: nn.Module, method: str, own_input_quant: bool, own_output_quant: bool = False):
         super().__init__()
         if isinstance(layer, nn.Conv2d):
             self.kind = "conv"
@@ -48,6 +50,9 @@ class QuantLayer(nn.Module):
         self.register_buffer("fold_scale", fold_scale, persistent=False)
         self.weight_quant = WeightQuantizer(method)
         self.input_quant: Optional[ActQuantizer] = ActQuantizer() if own_input_quant else None
+        # the deployment profile: a layer outside any block whose output reaches no quantizer
+        # (e.g. a convolution before a pooling) quantizes it itself
+        self.output_quant: Optional[ActQuantizer] = ActQuantizer() if own_output_quant else None
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quant(self.weight)
@@ -69,7 +74,8 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return self.apply_weight(x, self.weight_quant(self.weight), self.bias)
+        y = self.apply_weight(x, self.weight_quant(self.weight), self.bias)
+        return self.output_quant(y) if self.output_quant is not None else y
 
     def apply_weight(self, x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         """The layer's linear map (convolution or matrix product) of ``x`` with weight ``w``

@@ -32,6 +32,12 @@ from .step_size import DEFAULT_P
 from .weight_quantizer import WEIGHT_METHODS
 
 SETTINGS = ("brecq", "all")
+# "paper": activations quantized where the paper quantizes them (every weight layer's input but
+# the image's). "deploy": also the image, both inputs of every residual add and every unit
+# output that reaches no quantizer first, at 8 bits: every convolution and the classifier read
+# and write integers, so an integer runtime runs the whole graph in integers (genie.export)
+PROFILES = ("paper", "deploy")
+DEPLOY_ACT_BITS = 8  # the quantizers the deploy profile adds
 BN_CHECK_IMAGES = 4  # calibration images on which the BN-folded model must match the original
 _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -49,6 +55,7 @@ class QuantConfig:
     fold_bn: bool = True
     p_norm: float = DEFAULT_P  # norm of the step-size search (Eq. 16)
     weight_symmetric: bool = False  # signed weights with zero point 0 (runtimes such as TensorRT)
+    profile: str = "paper"  # paper | deploy (PROFILES)
 
     @property
     def mixed(self) -> bool:
@@ -67,6 +74,8 @@ class QuantConfig:
         self.a_bits = check_bits(self.a_bits, "a_bits")
         if self.quantizer not in WEIGHT_METHODS:
             raise GenieError(f"unknown quantizer {self.quantizer!r}; use one of {', '.join(WEIGHT_METHODS)}")
+        if self.profile not in PROFILES:
+            raise GenieError(f"unknown quantization profile {shown(self.profile)}; use one of {', '.join(PROFILES)}")
         if self.setting not in SETTINGS:
             raise GenieError(f"unknown bit setting {self.setting!r}; use one of {', '.join(SETTINGS)}")
         if not isinstance(self.weight_symmetric, bool):
@@ -152,8 +161,8 @@ def _quantize_layers(module: nn.Module, method: str, own_input_quant: bool) -> N
             _quantize_layers(child, method, own_input_quant)
 
 
-def _build_block(block: nn.Module, parts: BlockParts, method: str) -> QuantBlock:
-    qblock = QuantBlock(parts, type(block).__name__)
+def _build_block(block: nn.Module, parts: BlockParts, method: str, deploy: bool) -> QuantBlock:
+    qblock = QuantBlock(parts, type(block).__name__, deploy)
     # weight layers on the main path read a quantized tensor placed by the block
     for i, m in enumerate(qblock.main):
         if is_weight_layer(m):
@@ -171,18 +180,18 @@ def _build_block(block: nn.Module, parts: BlockParts, method: str) -> QuantBlock
     return qblock
 
 
-def _transform(module: nn.Module, table: dict, method: str, prefix: str, units: list) -> None:
+def _transform(module: nn.Module, table: dict, method: str, prefix: str, units: list, deploy: bool) -> None:
     for name, child in module.named_children():
         full = prefix + name
         parts_fn = table.get(type(child))
         if parts_fn is not None:
-            setattr(module, name, _build_block(child, parts_fn(child), method))
+            setattr(module, name, _build_block(child, parts_fn(child), method, deploy))
             units.append(full)
         elif is_weight_layer(child):
-            setattr(module, name, QuantLayer(child, method, own_input_quant=True))
+            setattr(module, name, QuantLayer(child, method, own_input_quant=True, own_output_quant=deploy))
             units.append(full)
         else:
-            _transform(child, table, method, full + ".", units)
+            _transform(child, table, method, full + ".", units, deploy)
 
 
 class QuantizedModel(nn.Module):
@@ -334,6 +343,60 @@ def _probe(qm: QuantizedModel, teacher: nn.Module, example: torch.Tensor) -> dic
     return {"order": list(dict.fromkeys(order)), "units": list(dict.fromkeys(unit_order))}
 
 
+# modules through which a tensor reaches a quantizer on the same grid, or that an integer runtime
+# folds into the quantizer after them (onnxruntime drops a Relu or Clip before a QuantizeLinear
+# whose range it contains, and runs MaxPool on integers)
+_TRANSPARENT = (nn.Identity, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d, nn.Dropout)
+_DEPLOY_QUANTS = ("main_quant", "shortcut_quant", "output_quant")
+
+
+@torch.no_grad()
+def _units_with_quantized_outputs(qm: QuantizedModel, example: torch.Tensor) -> tuple:
+    """``(units, last)``: the units whose output an input quantizer reads (directly, or through
+    :data:`_TRANSPARENT` modules), and the unit whose output is the network's output (or None),
+    from one FP pass that follows tensors by identity."""
+    named = dict(qm.net.named_modules())
+    produced, alias, consumed, keep, hooks = {}, {}, set(), [], []
+
+    def unit_output(name):
+        def hook(module, args, out):
+            produced[id(out)] = name
+            keep.append(out)
+        return hook
+
+    def passthrough(module, args, out):
+        if args and torch.is_tensor(args[0]) and torch.is_tensor(out) and out is not args[0]:
+            alias[id(out)] = id(args[0])
+            keep.extend((args[0], out))
+
+    def reads(module, args):
+        if args and torch.is_tensor(args[0]):
+            consumed.add(id(args[0]))
+            keep.append(args[0])
+
+    for name in qm.unit_names:
+        hooks.append(named[name].register_forward_hook(unit_output(name)))
+    for name, m in named.items():
+        if isinstance(m, _TRANSPARENT):
+            hooks.append(m.register_forward_hook(passthrough))
+        elif isinstance(m, ActQuantizer) and name.rsplit(".", 1)[-1] not in _DEPLOY_QUANTS:
+            hooks.append(m.register_forward_pre_hook(reads))
+    try:
+        with qm.quantization_disabled():
+            out = qm.net(example)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def source(tensor_id):
+        while tensor_id not in produced and tensor_id in alias:
+            tensor_id = alias[tensor_id]
+        return produced.get(tensor_id)
+
+    units = {source(c) for c in consumed} - {None}
+    return units, (source(id(out)) if torch.is_tensor(out) else None)
+
+
 def _setting_rules(qm: QuantizedModel, order: list) -> tuple:
     """The bits the setting fixes: ``({layer: bits}, {activation quantizer: bits})``; under
     ``"brecq"`` the first and last layer's weights, the second layer's input and the last
@@ -395,7 +458,7 @@ def _layer_bits(qm: QuantizedModel, w_bits, fixed: dict) -> dict:
     return {n: resolved.get(n, fixed.get(n)) for n in names}
 
 
-def _assign_bits(qm: QuantizedModel, order: list) -> None:
+def _assign_bits(qm: QuantizedModel, order: list, example: Optional[torch.Tensor] = None) -> None:
     cfg = qm.config
     named = dict(qm.net.named_modules())
     fixed_w, fixed_a = _setting_rules(qm, order)
@@ -410,6 +473,29 @@ def _assign_bits(qm: QuantizedModel, order: list) -> None:
     for name, q in qm.act_quantizers():
         q.bits = fixed_a.get(name, cfg.a_bits)
         q.enabled = name in pos and pos[name] > pos[first]  # the image input stays FP
+    if cfg.profile == "deploy":
+        _deploy_quantizers(qm, first, example)
+
+
+def _deploy_quantizers(qm: QuantizedModel, first: str, example: torch.Tensor) -> None:
+    """The deploy profile's quantizers, at :data:`DEPLOY_ACT_BITS`: the image (the first layer's
+    input), both inputs of every residual add, and the output of every unit whose output no
+    input quantizer reads (not the network's output: the logits stay float)."""
+    quantized, last = _units_with_quantized_outputs(qm, example)
+    named = dict(qm.net.named_modules())
+    image = named[first].input_quant
+    if image is not None:
+        image.enabled, image.bits = True, DEPLOY_ACT_BITS
+    for unit in qm.unit_names:
+        module = named[unit]
+        for attr in ("main_quant", "shortcut_quant"):
+            q = getattr(module, attr, None)
+            if q is not None:
+                q.enabled, q.bits = True, DEPLOY_ACT_BITS
+        out_q = getattr(module, "output_quant", None)
+        if out_q is not None:
+            out_q.enabled = unit not in quantized and unit != last
+            out_q.bits = DEPLOY_ACT_BITS
 
 
 def _build(model: nn.Module, config: QuantConfig, blocks, device, check_on=None) -> QuantizedModel:
@@ -425,7 +511,7 @@ def _build(model: nn.Module, config: QuantConfig, blocks, device, check_on=None)
     if type(net) in table or is_weight_layer(net):
         raise GenieError("the model itself is a single block or layer; wrap it in an nn.Module or nn.Sequential")
     unit_names: list = []
-    _transform(net, table, config.quantizer, "", unit_names)
+    _transform(net, table, config.quantizer, "", unit_names, config.profile == "deploy")
     return QuantizedModel(net, config, unit_names, teacher)
 
 
@@ -440,24 +526,27 @@ def quantize_model(
     p_norm: float = DEFAULT_P,
     blocks: Optional[dict] = None,
     weight_symmetric: bool = False,
+    profile: str = "paper",
 ) -> QuantizedModel:
     """Make a fake-quantized copy of ``model`` (which is not modified).
 
     example_images: ``(N, C, H, W)`` inputs in the model's normalised space (two are used to
     find the execution order; calibration images do). ``blocks``: extra or replacement entries
     ``{block type: parts function}`` for the block table, or ``False`` to treat every layer as
-    its own unit. ``weight_symmetric``: signed weights with zero point 0 (for runtimes that
+    its own unit. ``profile``: ``"paper"`` (default) or ``"deploy"`` (:data:`PROFILES`: also the
+    image, both inputs of every residual add and unit outputs no quantizer reads, at 8 bits, for
+    a whole-integer runtime graph). ``weight_symmetric``: signed weights with zero point 0 (for runtimes that
     require it, e.g. TensorRT) instead of the default per-channel asymmetric range. Weight step
     sizes are searched here; activation step sizes need data and are set by
     :func:`genie.quant.reconstruct`.
     """
-    config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm, weight_symmetric).validate()
+    config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm, weight_symmetric, profile).validate()
     check_calibration_images(model, example_images)
     require_finite_model(model, "the model")
     qm = _build(model, config, blocks, example_images.device, check_on=example_images[:BN_CHECK_IMAGES])
     info = _probe(qm, qm.teacher, example_images[:2])
     qm.unit_names = info["units"]
-    _assign_bits(qm, info["order"])
+    _assign_bits(qm, info["order"], example_images[:2])
     for _, layer in qm.layers():
         layer.weight_quant.setup(layer.weight, layer.weight_quant.bits, p_norm, symmetric=weight_symmetric)
     return qm
