@@ -33,17 +33,17 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder \
 		--nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider tests notebooks
 
-# GPU: notebooks 1-7 at the paper's settings (smoke=False), each run headless by papermill through
+# GPU: notebooks 1-8 at the paper's settings (smoke=False), each run headless by papermill through
 # the sweep helper; executed notebooks, result.json files and a combined summary.json/summary.csv
 # under $(REPRODUCE_OUT). About 30 full-setting runs in all (notebook 6 alone is 10); GPU time unmeasured.
 REPRODUCE_OUT ?= runs/reproduce
 reproduce: $(STAMP)
-	for nb in notebooks/0[1-7]_*.ipynb; do \
+	for nb in notebooks/0[1-8]_*.ipynb; do \
 		$(PY) -m genie.sweep $$nb --out $(REPRODUCE_OUT)/$$(basename $$nb .ipynb) --set smoke=False $(REPRODUCE_ARGS) || exit 1; \
 	done
 	$(PY) -m genie.sweep --collect $(REPRODUCE_OUT)
 
-# notebooks 1-6 executed at the CPU showcase setting (genie/render.py: more images and iterations
+# notebooks 1-6 and 8 executed at the CPU showcase setting (genie/render.py: more images and iterations
 # than the smoke setting, still the 100 lossless test images) and committed with their figures;
 # the parameters cells keep the smoke defaults that CI runs. About 13 minutes on 2 CPU cores.
 render: $(STAMP)

@@ -30,8 +30,8 @@ def notebook(request):
     return request.param, nbformat.read(request.param, as_version=4)
 
 
-def test_seven_numbered_notebooks():
-    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_"]
+def test_eight_numbered_notebooks():
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_", "07_", "08_"]
 
 
 def test_parameters_cell_defaults_to_smoke(notebook):
