@@ -10,6 +10,7 @@ Two exports of the same model give byte-identical files.
 from __future__ import annotations
 
 import json
+import warnings
 
 from collections import Counter
 from dataclasses import dataclass, field
@@ -81,6 +82,25 @@ def _check_exportable(qmodel, form) -> None:
             f"the {form.name!r} ONNX form holds tensors of {form.min_bits} bits or more, but the {k} of {n!r} has "
             f"{b} bits; use int_form='qcdq' (--onnx-int qcdq), which holds 2-8 bits"
         )
+
+
+# |int8 weight| beyond which an uint8 x int8 product pair can leave int16 (255 * 64 * 2 = 32640)
+SATURATION_FREE_WEIGHT = 63
+
+
+def _warn_of_saturation(qmodel) -> None:
+    """Symmetric weights become int8; onnxruntime multiplies them with uint8 activations in
+    integer kernels that, on x86 CPUs without VNNI (AVX2's vpmaddubsw), add products in pairs in
+    16 bits with saturation, so weights beyond +-63 can give other sums there."""
+    wide = [n for n, layer in qmodel.layers()
+            if layer.weight_quant.bits == 8
+            and int((layer.weight_quant.w_int.to(torch.int16) - 128).abs().max()) > SATURATION_FREE_WEIGHT]
+    if wide:
+        warnings.warn(
+            f"{len(wide)} layers (first: {wide[0]}) have 8-bit symmetric weights beyond +-{SATURATION_FREE_WEIGHT}: "
+            "onnxruntime's uint8 x int8 kernels saturate their 16-bit pair sums on x86 CPUs without VNNI "
+            "(avx512_vnni / avx_vnni), giving other results there; quantize with w_bits=7 (--w-bits 7) for such "
+            "CPUs, or with asymmetric weights", stacklevel=3)
 
 
 def _example(example, qmodel) -> torch.Tensor:
@@ -299,6 +319,8 @@ def export_onnx(
     """
     path = check_output_path(path)
     model = build_onnx(qmodel, example, int_form, dynamic_batch, quantized)
+    if quantized and qmodel.config.weight_symmetric:
+        _warn_of_saturation(qmodel)
     data = model.SerializeToString(deterministic=True)
     write_atomically(path, data, "the ONNX model")
     report = ExportReport(path, model.opset_import[0].version, int_form, len(data),
