@@ -105,6 +105,12 @@ def test_choose_factor():
     tied[3, 2] = 2  # the nearest candidate with the fewest in the flagged channel
     tied[5, 2] = 2
     assert choose_factor(tied) == (3, 500, 2)
+    # the nearest candidates take channel 2 off its ties but put channel 0 on them: counted too
+    moved_elsewhere = tied.clone()
+    moved_elsewhere[3, 0] = 400
+    assert choose_factor(moved_elsewhere) == (5, 510, 12)
+    moved_elsewhere[5, 0] = 400  # every candidate that helps channel 2 ties channel 0: the rest
+    assert choose_factor(moved_elsewhere) == (1, 510, 20)
     lattice = chance.clone()
     lattice[:, 1] = 300  # many values near ties at every candidate: not flagged, nothing to gain
     lattice[0, 1] = 400

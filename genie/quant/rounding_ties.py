@@ -90,15 +90,18 @@ def tie_counts(x: torch.Tensor, scale: float, qmin: int, qmax: int, factors: tor
 def choose_factor(counts: torch.Tensor) -> tuple:
     """``(index into the candidates, at tie before, at tie after)`` from :func:`tie_counts`.
 
-    A channel sits on ties when its count at the current step exceeds twice the median count
-    of the candidate steps around it, plus 8 (those show how many elements a tie catches by
-    chance). The candidate with the fewest such elements in those channels is taken (the
-    nearest on equal counts) if it halves them; otherwise index 0, the current step."""
+    A channel sits on ties at a step when its count there exceeds twice the median count of the
+    candidate steps, plus 8 (those show how many elements a tie catches by chance). Nothing
+    moves unless some channel sits on ties at the current step. Candidates are compared by
+    their elements at a tie in every channel that sits on ties at *some* candidate, so that a
+    move that takes one channel off its ties but puts another on them counts both. The
+    candidate with the fewest is taken (the nearest on equal counts) if it halves them;
+    otherwise index 0, the current step."""
     chance = counts[1:].median(dim=0).values
-    flagged = counts[0] > 2 * chance + 8
-    if not bool(flagged.any()):
+    populated = counts > 2 * chance + 8  # (candidates, channels)
+    if not bool(populated[0].any()):
         return 0, 0, 0
-    totals = counts[:, flagged].sum(1)
+    totals = counts[:, populated.any(0)].sum(1)
     best = int(torch.argmin(totals[1:])) + 1  # argmin returns the first minimum: the nearest candidate
     before, after = int(totals[0]), int(totals[best])
     return (best, before, after) if 2 * after <= before else (0, before, before)
