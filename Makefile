@@ -43,7 +43,7 @@ reproduce: $(STAMP)
 	done
 	$(PY) -m genie.sweep --collect $(REPRODUCE_OUT)
 
-# notebooks 1-6 and 8 executed at the CPU showcase setting (genie/render.py: more images and iterations
+# notebooks 1-8 executed at the CPU showcase setting (genie/render.py: more images and iterations
 # than the smoke setting, still the 100 lossless test images) and committed with their figures;
 # the parameters cells keep the smoke defaults that CI runs. About 13 minutes on 2 CPU cores.
 render: $(STAMP)

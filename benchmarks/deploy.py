@@ -13,7 +13,8 @@ in onnxruntime (CPU execution provider, one session per file and thread count) a
 repeated calls after warm-up, per image. ResNet-20 (32 px) is calibrated on 256 real CIFAR-10
 images; torchvision's ResNet-18 and MobileNetV2 (224 px) have random weights (latency does not
 depend on them) calibrated on 16 random normal images. The table also gives the integer and
-float kernels onnxruntime runs (its optimised graph) and whether this CPU has VNNI.
+float kernels onnxruntime runs (its optimised graph) and whether this CPU has VNNI. The files,
+the networks and the timing come from :mod:`genie.export.latency` (notebook 7 uses them too).
 
 ``accuracy``: few-shot ResNet-20, 256 real images of ``cifar10_train_calib5k.npz`` drawn with the
 seed, 300 reconstruction iterations per unit, batch 32, top-1 on all of ``cifar10_test.npz``:
@@ -29,7 +30,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,63 +39,29 @@ from genie.assets import use_checkout_assets  # noqa: E402
 
 use_checkout_assets(ROOT)
 
-INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "QLinearAdd",
-                   "NhwcMaxPool", "QLinearGlobalAveragePool", "QLinearAveragePool")
-FLOAT_KERNELS = ("Conv", "FusedConv", "Gemm", "MatMul", "Add", "Transpose")
-
-
-def cpu_features() -> dict:
-    """x86 features that decide onnxruntime's integer kernels (from /proc/cpuinfo)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        flags = []
-    names = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 "unknown") if os.path.exists("/proc/cpuinfo") else "unknown"
-    return {"cpu": model, **{n: n in flags for n in names}}
+# the files, the model and images per network, the CPU's features and the timing live in the
+# package (genie.export.latency), shared with notebook 7
+from genie.export.latency import FLOAT_KERNELS, INTEGER_KERNELS, cpu_features, split_kernels  # noqa: E402,F401
+from genie.export.latency import LATENCY_FILES as FILES  # noqa: E402
+from genie.export.latency import median_ms as _timed  # noqa: E402,F401  (RESULTS.md's name for the timing)
 
 
 def _model_and_images(name: str, quick: bool):
-    import torch
+    from genie.export.latency import latency_model
 
-    if name == "resnet20_cifar10":
-        from genie.data import cifar10_calibration
-        from genie.models import load_model, model_spec
-
-        spec = model_spec(name)
-        return load_model(name), cifar10_calibration(16 if quick else 256, spec.mean, spec.std, seed=0).images, 32
-    import torchvision
-
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)().eval()
-    size = 64 if quick else 224
-    return model, torch.randn(4 if quick else 16, 3, size, size, generator=torch.Generator().manual_seed(0)), size
+    return latency_model(name, quick)
 
 
-def _timed(path: Path, x, threads: int, min_calls: int, min_seconds: float) -> float:
-    """Median milliseconds per call of onnxruntime on ``x``: 3 warm-up calls, then at least
-    ``min_calls`` calls and ``min_seconds`` seconds."""
-    import numpy as np
+def _files(name: str, model, images, size: int, out: Path) -> dict:
+    """The ONNX files of :data:`FILES` for ``model`` (W8A8, round to nearest, step sizes searched
+    on ``images``)."""
+    from genie.export.latency import build_latency_files
 
-    from genie.export.onnx_export import INPUT_NAME
-    from genie.export.runtime import onnx_session
-
-    session = onnx_session(path, threads)
-    feed = {INPUT_NAME: x.detach().float().cpu().numpy()}
-    for _ in range(3):
-        session.run(None, feed)
-    times, start = [], time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    return build_latency_files(name, model, images, size, out)
 
 
 def latency(args, out: Path) -> list:
-    import torch
-
+    from genie.export.latency import measure_latency
     from genie.export.runtime import operator_counts
 
     rows = []
@@ -103,45 +69,15 @@ def latency(args, out: Path) -> list:
         model, images, size = _model_and_images(name, args.quick)
         files = _files(name, model, images, size, out)
         kernels = {k: operator_counts(p, optimized=True, work_dir=str(out)) for k, p in files.items()}
-        for threads in args.threads:
-            for batch in args.batches:
-                x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-                ms = {k: _timed(p, x, threads, args.calls, args.seconds) / batch for k, p in files.items()}
-                row = {"model": name, "px": size, "threads": threads, "batch": batch}
-                row.update({f"{k}_ms_per_image": round(v, 3) for k, v in ms.items()})
-                row.update({f"{k}_speedup": round(ms["fp32"] / v, 2) for k, v in ms.items() if k != "fp32"})
-                rows.append(row)
-                print(row, flush=True)
+        for row in measure_latency(name, files, size, args.threads, args.batches, args.calls, args.seconds):
+            rows.append(row)
+            print(row, flush=True)
         for k, counts in kernels.items():
-            ints = {op: n for op, n in counts.items() if op in INTEGER_KERNELS}
-            floats = {op: n for op, n in counts.items() if op in FLOAT_KERNELS}
+            ints, floats = split_kernels(counts)
             print(f"{name} {k}: integer {ints} float {floats}", flush=True)
             rows_k = {"model": name, "file": k, "integer_kernels": ints, "float_kernels": floats}
             (out / f"{name}_{k}_kernels.json").write_text(json.dumps(rows_k, indent=2) + "\n")
     return rows
-
-
-# the files timed per model: {name: (quantize_model options or None for the float graph)}
-FILES = {
-    "fp32": None,
-    "paper": dict(profile="paper"),
-    "deploy": dict(profile="deploy"),
-    "deploy_sym": dict(profile="deploy", weight_symmetric=True),
-}
-
-
-def _files(name: str, model, images, size: int, out: Path) -> dict:
-    """The ONNX files of :data:`FILES` for ``model`` (W8A8, round to nearest, step sizes searched
-    on ``images``)."""
-    from genie.export import export_onnx
-    from genie.quant import quantize_model, reconstruct
-
-    files = {}
-    for key, options in FILES.items():
-        qm = quantize_model(model, images, w_bits=8, a_bits=8, quantizer="nearest", **(options or {}))
-        reconstruct(qm, images, iters=0, progress=False)
-        files[key] = export_onnx(qm, out / f"{name}_{key}.onnx", (1, 3, size, size), quantized=options is not None).path
-    return files
 
 
 def op_profile(args, out: Path) -> list:

@@ -4,6 +4,7 @@
     python benchmarks/mixed_precision.py zeroshot [--distill-samples 256] [--distill-iters 500] [--iters 2000]
     python benchmarks/mixed_precision.py timing   [--threads 2] [--repeats 3]
     python benchmarks/mixed_precision.py table    (the accuracy table again from the finished runs)
+    python benchmarks/mixed_precision.py export   (the budget-3 model of the first seed in onnxruntime)
 
 ``accuracy``: few-shot ResNet-20 (``--samples`` real images of ``cifar10_train_calib5k.npz``
 drawn with the seed), A4, ``--iters`` reconstruction iterations per unit, batch 32, top-1 on
@@ -147,9 +148,38 @@ def timing(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export(args, out: Path) -> str:
+    """The ``mixed3-s<seed>`` run's model exported to ONNX (qcdq), onnxruntime's top-1 on the whole
+    test file against genie's (its ``result.json``), and each layer's bits in the graph."""
+    from genie.data import cifar10_test
+    from genie.export import export_onnx
+    from genie.export.runtime import evaluate_onnx
+    from genie.models import model_spec
+    from genie.quant import load_quantized
+
+    run = out / f"mixed3-s{args.seeds[0]}"
+    record = json.loads((run / "result.json").read_text())
+    qm = load_quantized(run / "qmodel.pt")
+    report = export_onnx(qm, run / "model.onnx", (1, 3, 32, 32))
+    spec = model_spec(record["model"])
+    ours = record["q_top1"]
+    theirs = evaluate_onnx(report.path, cifar10_test(spec.mean, spec.std))["top1"]
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}
+    bits = json.loads(props["w_bits_per_layer"])
+    counts = {}
+    for b in bits.values():
+        counts[b] = counts.get(b, 0) + 1
+    text = (f"{run.name}: genie top-1 {ours:.2f}, onnxruntime {theirs:.2f} ({theirs - ours:+.2f}) on "
+            f"{record['test_file']}; layers by weight bits {dict(sorted(counts.items()))}; {report.file_bytes} bytes")
+    (out / "mixed3_onnx.md").write_text(text + "\n")
+    return text
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["accuracy", "zeroshot", "timing", "table"])
+    p.add_argument("what", choices=["accuracy", "zeroshot", "timing", "table", "export"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--samples", type=int, default=1024)
@@ -164,6 +194,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.what == "timing":
         print(timing(args))
+        return 0
+    if args.what == "export":
+        print(export(args, out))
         return 0
     if args.what == "accuracy":
         accuracy(args, out)

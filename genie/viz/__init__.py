@@ -1,6 +1,6 @@
 """Figures and widgets for the notebooks: image grids, live loss curves and per-block error charts
-fed from genie's events, progress bars, result tables, a control panel with a Run button, and the
-figures and budget slider of mixed precision.
+fed from genie's events, progress bars, result tables, a control panel with a Run button, the
+figures and budget slider of mixed precision, and the kernel and latency charts of deployment.
 
 Two display modes, picked by :func:`live_frontend`:
 
@@ -23,10 +23,12 @@ Modules: :mod:`~genie.viz.display` (display mode, showing figures and text),
 :mod:`~genie.viz.figures` (static figures and tables), :mod:`~genie.viz.views` (live views and
 their base class), :mod:`~genie.viz.monitors` (the monitors of distillation, reconstruction and
 a pipeline run), :mod:`~genie.viz.panel` (the control panel), :mod:`~genie.viz.mixed` (the
-figures and the budget slider of mixed precision), :mod:`~genie.viz.notebook` (notebook set-up).
+figures and the budget slider of mixed precision), :mod:`~genie.viz.deploy` (onnxruntime's
+kernels and latency per exported file), :mod:`~genie.viz.notebook` (notebook set-up).
 Everything public is importable from ``genie.viz`` itself.
 """
 from ..distill.schedule import snapshot_schedule
+from .deploy import kernel_rows, kernels_figure, latency_figure, latency_rows, latency_table
 from .display import LIVE_ENV, PLOTLY_MIME, chain, live_frontend, show, show_text
 from .figures import (
     ERROR_LABEL,
@@ -81,6 +83,11 @@ __all__ = [
     "histograms_figure",
     "image_grid",
     "image_grids",
+    "kernel_rows",
+    "kernels_figure",
+    "latency_figure",
+    "latency_rows",
+    "latency_table",
     "line_figure",
     "live_frontend",
     "maps_figure",
