@@ -6,7 +6,7 @@ the paper-profile W8A8 graph and the deploy-profile W8A8 graph, and the profile'
     python benchmarks/deploy.py accuracy [--seeds 0 1 2] [--jobs 2]
     python benchmarks/deploy.py all --quick   # tiny settings: checks the script runs
 
-``latency``: per model, four ONNX files (:data:`FILES`): ``fp32`` (the dequantized float graph),
+``latency``: per model, four ONNX files (:data:`genie.export.latency.LATENCY_FILES`): ``fp32`` (the dequantized float graph),
 ``paper`` (W8A8, paper profile), ``deploy`` (W8A8, deploy profile) and ``deploy_sym`` (the same
 with symmetric int8 weights, zero point 0), each timed
 in onnxruntime (CPU execution provider, one session per file and thread count) as the median of
@@ -26,24 +26,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from genie.assets import use_checkout_assets  # noqa: E402
+from runs import genie_runs, markdown_table  # noqa: E402  (benchmarks/runs.py)
 
 use_checkout_assets(ROOT)
 
 # the files, the model and images per network, the CPU's features and the timing live in the
 # package (genie.export.latency), shared with notebook 7
-from genie.export.latency import FLOAT_KERNELS, INTEGER_KERNELS, cpu_features, split_kernels  # noqa: E402,F401
-from genie.export.latency import LATENCY_FILES as FILES  # noqa: E402
-from genie.export.latency import median_ms as _timed  # noqa: E402,F401  (RESULTS.md's name for the timing)
+from genie.export.latency import cpu_features, split_kernels  # noqa: E402
 
 
 def _model_and_images(name: str, quick: bool):
@@ -53,7 +49,7 @@ def _model_and_images(name: str, quick: bool):
 
 
 def _files(name: str, model, images, size: int, out: Path) -> dict:
-    """The ONNX files of :data:`FILES` for ``model`` (W8A8, round to nearest, step sizes searched
+    """The ONNX files of :data:`genie.export.latency.LATENCY_FILES` for ``model`` (W8A8, round to nearest, step sizes searched
     on ``images``)."""
     from genie.export.latency import build_latency_files
 
@@ -81,7 +77,7 @@ def latency(args, out: Path) -> list:
 
 
 def op_profile(args, out: Path) -> list:
-    """onnxruntime's profiler on each file of :data:`FILES`, batch 1, one thread: milliseconds per
+    """onnxruntime's profiler on each file of :data:`genie.export.latency.LATENCY_FILES`, batch 1, one thread: milliseconds per
     call spent in each operator type (the optimised graph's kernels), mean over the calls."""
     import torch
 
@@ -120,31 +116,18 @@ def op_profile(args, out: Path) -> list:
     return rows
 
 
-def _genie_run(folder: Path, options: list, log: Path) -> None:
-    if (folder / "result.json").exists():
-        return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "genie", "run", "--model", "resnet20_cifar10", "--data", "real",
-           "--batch-size", "32", "--device", "cpu", "--no-progress", "--out", str(folder), *options]
-    with open(log, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
-
-
 def accuracy(args, out: Path) -> list:
     todo = []
     for seed in args.seeds:
         for bits in (8, 4):
             for profile in ("paper", "deploy"):
                 folder = out / f"w{bits}a{bits}-{profile}-s{seed}"
-                options = ["--w-bits", str(bits), "--a-bits", str(bits), "--profile", profile, "--seed", str(seed),
+                options = ["--model", "resnet20_cifar10", "--data", "real", "--batch-size", "32",
+                           "--w-bits", str(bits), "--a-bits", str(bits), "--profile", profile, "--seed", str(seed),
                            "--samples", str(args.samples), "--recon-iters", str(args.iters),
                            "--test-source", "lossless100" if args.quick else "auto"]
                 todo.append((folder, options, out / f"{folder.name}.log"))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for f in [pool.submit(_genie_run, *t) for t in todo]:
-            f.result()
+    genie_runs(todo, args.jobs)
     cells = {}
     for folder, _, _ in todo:
         r = json.loads((folder / "result.json").read_text())
@@ -162,15 +145,6 @@ def accuracy(args, out: Path) -> list:
                      "deploy_agree_fp32": round(statistics.mean(a for _, a in deploy), 3)})
         print(rows[-1], flush=True)
     return rows
-
-
-def _markdown(name: str, rows: list) -> str:
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    lines = [f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -199,7 +173,7 @@ def main(argv=None) -> int:
         if args.what in (name, "all"):
             tables[name] = fn(args, out)
     (out / "deploy.json").write_text(json.dumps(tables, indent=2) + "\n")
-    text = "\n".join(_markdown(name, rows) for name, rows in tables.items())
+    text = "\n".join(markdown_table(name, rows) for name, rows in tables.items())
     (out / "deploy.md").write_text(text)
     print(text)
     return 0

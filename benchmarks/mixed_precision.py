@@ -29,16 +29,17 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from genie.assets import use_checkout_assets  # noqa: E402
+from runs import genie_runs  # noqa: E402  (benchmarks/runs.py)
 
 use_checkout_assets(ROOT)
 
+BASE = ["--model", "resnet20_cifar10", "--a-bits", "4", "--batch-size", "32"]
 CASES = {  # name: genie run options
     "W2A4": ["--w-bits", "2"],
     "mixed2.5": ["--w-bits", "mixed", "--budget-bits", "2.5"],
@@ -48,32 +49,14 @@ CASES = {  # name: genie run options
 ZERO_SHOT_CASES = ("W2A4", "mixed2.5")
 
 
-def _genie_run(folder: Path, options: list, log: Path) -> None:
-    if (folder / "result.json").exists():
-        return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "genie", "run", "--model", "resnet20_cifar10", "--a-bits", "4",
-           "--batch-size", "32", "--device", "cpu", "--no-progress", "--out", str(folder), *options]
-    with open(log, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
-
-
-def _runs(jobs: int, todo: list) -> None:
-    with ThreadPoolExecutor(jobs) as pool:
-        for f in [pool.submit(_genie_run, *t) for t in todo]:
-            f.result()
-
-
 def accuracy(args, out: Path) -> None:
     todo = []
     for seed in args.seeds:
         for case, options in CASES.items():
             folder = out / f"{case}-s{seed}"
-            todo.append((folder, [*options, "--data", "real", "--samples", str(args.samples), "--seed", str(seed),
+            todo.append((folder, [*BASE, *options, "--data", "real", "--samples", str(args.samples), "--seed", str(seed),
                                   "--recon-iters", str(args.iters)], out / f"{case}-s{seed}.log"))
-    _runs(args.jobs, todo)
+    genie_runs(todo, args.jobs)
 
 
 def zeroshot(args, out: Path) -> None:
@@ -83,10 +66,10 @@ def zeroshot(args, out: Path) -> None:
         subprocess.run([sys.executable, "-m", "genie", "distill", "--model", "resnet20_cifar10", "--samples",
                         str(args.distill_samples), "--distill-iters", str(args.distill_iters), "--seed", "0",
                         "--device", "cpu", "--no-progress", "--out", str(calib)], env=env, check=True)
-    todo = [(out / f"zs-{case}", [*CASES[case], "--data", "synthetic", "--calib-file", str(calib), "--seed", "0",
+    todo = [(out / f"zs-{case}", [*BASE, *CASES[case], "--data", "synthetic", "--calib-file", str(calib), "--seed", "0",
                                   "--recon-iters", str(args.iters)], out / f"zs-{case}.log")
             for case in ZERO_SHOT_CASES]
-    _runs(args.jobs, todo)
+    genie_runs(todo, args.jobs)
 
 
 def _row(folder: Path) -> dict:

@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from genie.assets import use_checkout_assets  # noqa: E402
+from runs import markdown_table  # noqa: E402  (benchmarks/runs.py)
 
 use_checkout_assets(ROOT)
 
@@ -108,15 +108,6 @@ def latency(args) -> list:
     return rows
 
 
-def _markdown(name: str, rows: list) -> str:
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    lines = [f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["parity", "symmetric", "latency", "all"])
@@ -141,7 +132,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     header = f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, commit-independent settings: " \
              f"{args.samples} images, {args.iters} iterations, seed {args.seed}\n\n"
-    text = header + "\n".join(_markdown(k, v) for k, v in tables.items())
+    text = header + "\n".join(markdown_table(k, v) for k, v in tables.items())
     write_atomically(out / f"{args.what}.md", text.encode(), "the benchmark table")
     write_atomically(out / f"{args.what}.json", json.dumps(tables, indent=2, default=str).encode(), "the benchmark table")
     print(text)
