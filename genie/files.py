@@ -111,6 +111,18 @@ def write_json(path: PathLike, obj, what: str = "result file") -> Path:
     return Path(path)
 
 
+def read_json(path: PathLike, what: str):
+    """The JSON value in ``path``; a :class:`GenieError` saying there is no ``what`` there, or
+    that it is not a readable one."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GenieError(f"no {what} at {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GenieError(f"{path} is not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
 def _nearest_existing(path: Path) -> Path:
     for candidate in [path, *path.parents]:
         if candidate.exists():

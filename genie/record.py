@@ -14,7 +14,6 @@ producers line up in one table.
 """
 from __future__ import annotations
 
-import json
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Optional, Union
 
 from . import __version__
 from .errors import GenieError, shown
-from .files import write_json
+from .files import read_json, write_json
 
 # raised when a field is added, removed, renamed or changes meaning; read_record accepts this one only
 SCHEMA_VERSION = 1
@@ -168,11 +167,4 @@ def write_record(path: Union[str, Path], record: Union[RunRecord, dict]) -> Path
 
 def read_record(path: Union[str, Path]) -> RunRecord:
     """The record in ``path`` (written by :func:`write_record`), checked."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GenieError(f"no result record at {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GenieError(f"{path} is not a readable result record ({exc.__class__.__name__}: {exc})") from None
-    return validate_record(data, str(path))
+    return validate_record(read_json(path, "result record"), str(path))

@@ -22,7 +22,6 @@ be reconstructed. Layers whose bits the setting fixes (the first and last layer 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ from torch import nn
 
 from ..devices import model_device
 from ..errors import GenieError, shown
-from ..files import write_json
+from ..files import read_json, write_json
 from .qmodel import QuantizedModel, check_bits, quantize_model
 from .step_size import DEFAULT_P
 
@@ -117,13 +116,7 @@ class SensitivityTable:
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SensitivityTable":
         """A table written by :meth:`save`; a :class:`GenieError` for any other file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise GenieError(f"no sensitivity table at {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GenieError(f"{path} is not a readable sensitivity table ({type(exc).__name__}: {exc})") from None
+        data = read_json(path, "sensitivity table")
         if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
             raise GenieError(f"{path} is not a genie sensitivity table (write one with python -m genie sensitivity)")
         if data.get("version") != TABLE_VERSION:
