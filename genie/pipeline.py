@@ -4,6 +4,7 @@ Used by the command line (``python -m genie run``), the benchmarks and the noteb
 """
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from contextlib import nullcontext
@@ -24,7 +25,7 @@ from .models import load_model, model_spec
 from .quant import QuantConfig, ReconConfig, quantize_model, reconstruct, save_quantized
 from .quant.allocation import allocate, budget_weight_bits, check_budget, pareto_front, weight_memory_bytes
 from .quant.sensitivity import DEFAULT_CANDIDATES, SENSITIVITY_METHODS, SensitivityTable, check_candidates, \
-    measure_sensitivity
+    measure_sensitivity, weights_fingerprint
 from .record import RunRecord, write_record
 
 
@@ -118,6 +119,37 @@ def real_calibration(spec, cfg: RunConfig) -> LabeledImages:
         raise GenieError(f"{spec.name} is an ImageNet model: pass --data-dir, a folder with train/ and val/ subfolders")
     folder = image_folder(Path(cfg.data_dir) / "train", spec.image_size, mean=spec.mean, std=spec.std)
     return sample_images(folder, cfg.num_samples, seed=cfg.seed)
+
+
+# FP32 evaluations made in this process, by what decides them (the weights, the test images and
+# labels, the device, the thread count): runs of one model in one process (a sweep in a notebook,
+# a test session) evaluate its FP32 original once; on one CPU thread that pass over the CIFAR-10
+# test file is ~30 s, as long as 60 reconstruction iterations of every unit.
+_FP_EVALUATIONS: dict = {}
+_FP_EVALUATIONS_KEPT = 4
+
+
+def _images_digest(data: LabeledImages) -> str:
+    digest = hashlib.sha256()
+    for t in (data.images, data.labels):
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fp_evaluation(model: torch.nn.Module, test, progress: bool = False) -> dict:
+    """:func:`genie.data.evaluate` of the FP32 ``model`` on ``test`` with its per-image predictions,
+    remembered for the process when ``test`` is a :class:`LabeledImages` (a folder of images is
+    evaluated every time)."""
+    if not isinstance(test, LabeledImages):
+        return evaluate(model, test, progress=progress, desc="FP32 evaluate", keep_predictions=True)
+    key = (weights_fingerprint(model), _images_digest(test), str(next(model.parameters()).device),
+           torch.get_num_threads())
+    if key not in _FP_EVALUATIONS:
+        while len(_FP_EVALUATIONS) >= _FP_EVALUATIONS_KEPT:
+            _FP_EVALUATIONS.pop(next(iter(_FP_EVALUATIONS)))
+        _FP_EVALUATIONS[key] = evaluate(model, test, progress=progress, desc="FP32 evaluate", keep_predictions=True)
+    return dict(_FP_EVALUATIONS[key])
 
 
 @dataclass
@@ -384,7 +416,7 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
     test = test_data(spec, cfg)
     images, calib_source, distill_info = calibration_images(spec, model, cfg, device, callback, preloaded)
     images = images.to(device)
-    fp = evaluate(model, test, progress=cfg.progress, desc="FP32 evaluate", keep_predictions=True)
+    fp = fp_evaluation(model, test, progress=cfg.progress)
     mixed_info, table = {}, None
     w_bits = cfg.w_bits
     if cfg.mixed:

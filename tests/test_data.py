@@ -82,3 +82,28 @@ def test_evaluate_keeps_predictions_and_counts_agreement():
     assert evaluate(model, (images, labels), progress=False, agree_with=pred.tolist())["agree"] == 100.0
     with pytest.raises(GenieError, match="one class index per image"):
         evaluate(model, (images, labels), progress=False, agree_with=torch.randn(7, 4))  # logits, not classes
+
+
+def test_fp_evaluation_is_remembered_only_for_the_same_weights_images_and_device(resnet20, cifar_spec, monkeypatch):
+    """pipeline.fp_evaluation evaluates a model once per (weights, test images, device, threads) in a
+    process; other weights or other images are evaluated again, and the result is evaluate()'s."""
+    import copy
+
+    from genie import pipeline
+
+    monkeypatch.setattr(pipeline, "_FP_EVALUATIONS", {})
+    calls = []
+    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **kw: calls.append(1) or evaluate(*a, **kw))
+    test = cifar10_test(cifar_spec.mean, cifar_spec.std, source="lossless100")
+    first = pipeline.fp_evaluation(resnet20, test)
+    again = pipeline.fp_evaluation(resnet20, cifar10_test(cifar_spec.mean, cifar_spec.std, source="lossless100"))
+    assert len(calls) == 1 and again["top1"] == first["top1"] == 94.0
+    assert torch.equal(again["predictions"], evaluate(resnet20, test, progress=False, keep_predictions=True)["predictions"])
+    other = copy.deepcopy(resnet20)
+    with torch.no_grad():
+        other.linear.weight.mul_(-1)  # other weights: evaluated again, and scored as themselves
+    changed = pipeline.fp_evaluation(other, test)
+    assert len(calls) == 2 and changed["top1"] == evaluate(other, test, progress=False)["top1"] != 94.0
+    fewer = type(test)(test.images[:50], test.labels[:50], test.source)  # same name, other images
+    pipeline.fp_evaluation(resnet20, fewer)
+    assert len(calls) == 3
