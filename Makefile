@@ -16,7 +16,9 @@ export GENIE_ASSETS
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[notebooks,export,test]'
+	# --no-compile: Python compiles the modules a run imports when it first imports them; compiling
+	# every file of every package at install time (torch, plotly, jupyterlab) costs minutes on 2 cores
+	$(PY) -m pip install --no-compile -e '.[notebooks,export,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

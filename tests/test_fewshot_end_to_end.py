@@ -43,13 +43,15 @@ def test_saved_model_reproduces_the_reported_accuracy(fewshot_run, cifar_spec, r
     """The saved model scores the reported top-1, and agrees with the FP32 model's top-1 on the
     reported share of the test images."""
     from genie.data import cifar10_test, evaluate
+    from genie.pipeline import fp_evaluation
     from genie.quant import load_quantized
 
     out, result = fewshot_run
     qmodel = load_quantized(out / "qmodel.pt")
     assert qmodel.metadata["q_top1"] == result["q_top1"]
     test = cifar10_test(cifar_spec.mean, cifar_spec.std)
-    fp_classes = evaluate(resnet20, test, progress=False, keep_predictions=True)["predictions"]
+    # the FP32 predictions the run compared with (remembered in this process: tests/test_data.py)
+    fp_classes = fp_evaluation(resnet20, test)["predictions"]
     again = evaluate(qmodel, test, progress=False, agree_with=fp_classes)
     assert again["top1"] == result["q_top1"]
     agree = result["extra"]["q_agree_fp32"]  # not a record field: one producer's number
