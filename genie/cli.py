@@ -34,6 +34,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false", help="keep BatchNorm unfolded (reference behaviour)")
     p.add_argument("--weight-symmetric", action="store_true",
                    help="signed weights with zero point 0 (runtimes such as TensorRT) instead of asymmetric")
+    p.add_argument("--act-symmetric", action="store_true",
+                   help="every activation signed with zero point 0, also after a ReLU (TensorRT's int8 "
+                        "convention; with --weight-symmetric for such runtimes)")
     p.add_argument("--profile", default="paper", choices=["paper", "deploy"],
                    help="paper: activations quantized as in the paper (default); deploy: also the image, both "
                         "inputs of every residual add and unit outputs at 8 bits, so integer runtimes run "

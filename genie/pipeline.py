@@ -57,6 +57,7 @@ class RunConfig:
     fold_bn: bool = True
     weight_symmetric: bool = False  # signed weights, zero point 0 (TensorRT-style)
     profile: str = "paper"  # paper | deploy (genie.quant.qmodel.PROFILES)
+    act_symmetric: bool = False  # every activation signed, zero point 0 (TensorRT-style)
     drop_prob: float = ReconConfig.drop_prob
     qdrop_input: str = ReconConfig.qdrop_input  # qdrop | reference (genie.quant.ReconConfig)
     round_weight: Optional[float] = None  # lambda of Eq. 15; None: the quantizer's default
@@ -171,7 +172,8 @@ class RunResult:
         v = self.values
         rows = [
             ("model", v["model"]),
-            ("bits (W/A)", _bits_label(v) + (", deploy profile" if v.get("profile") == "deploy" else "")),
+            ("bits (W/A)", _bits_label(v) + (", deploy profile" if v.get("profile") == "deploy" else "")
+             + (", symmetric activations" if v.get("act_symmetric") else "")),
             ("weight memory", f"{v['weight_bytes']} bytes packed ({v['weight_bits_avg']:.3f} bits per weight)"),
             ("quantizer", v["quantizer"]),
             ("calibration", f"{v['data']}, {v['samples']} images ({v['calib_source']})"),
@@ -299,7 +301,8 @@ def check_config(cfg: RunConfig, spec) -> ReconConfig:
         raise GenieError(f"--samples must be positive, got {cfg.samples}")
     _check_mixed(cfg)
     QuantConfig(max(cfg.w_candidates) if cfg.mixed else cfg.w_bits, cfg.a_bits, cfg.quantizer, cfg.setting,
-                cfg.fold_bn, weight_symmetric=cfg.weight_symmetric, profile=cfg.profile).validate()
+                cfg.fold_bn, weight_symmetric=cfg.weight_symmetric, profile=cfg.profile,
+                act_symmetric=cfg.act_symmetric).validate()
     if cfg.export_onnx:
         _check_onnx_export(cfg)
     recon_cfg = ReconConfig(iters=cfg.recon_iters, batch_size=cfg.batch_size, drop_prob=cfg.drop_prob,
@@ -433,6 +436,7 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         fold_bn=cfg.fold_bn,
         weight_symmetric=cfg.weight_symmetric,
         profile=cfg.profile,
+        act_symmetric=cfg.act_symmetric,
     )
     qmodel.arch = cfg.model
     report = reconstruct(qmodel, images, recon_cfg, callback=callback, progress=cfg.progress,
@@ -449,6 +453,7 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         "setting": cfg.setting,
         "fold_bn": cfg.fold_bn,
         "weight_symmetric": cfg.weight_symmetric,
+        "act_symmetric": cfg.act_symmetric,
         "profile": cfg.profile,
         "data": cfg.data,
         "samples": len(images),  # used, which a calibration file decides when --samples is not given

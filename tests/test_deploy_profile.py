@@ -111,3 +111,49 @@ def test_symmetric_8_bit_weights_warn_of_saturation(resnet20, calib64, tmp_path)
         reconstruct(qm, calib64[:16], iters=0, progress=False)
         path = export_onnx(qm, tmp_path / "s7.onnx", (1, 3, 32, 32)).path
     assert max(d for d, _ in integer_parity(qm, path, calib64[:8]).values()) <= 1
+
+
+@pytest.mark.parametrize("weight_symmetric", [False, True])
+def test_symmetric_activations_export_int8_with_zero_point_0_and_match_in_onnxruntime(
+        weight_symmetric, resnet20, calib64, tmp_path):
+    """act_symmetric (TensorRT's int8 convention): every enabled activation quantizer is signed,
+    ReLU outputs included, is written int8 with zero point 0, survives save/load, and onnxruntime
+    computes genie's integers. Symmetric weights at 7 bits: 8-bit ones saturate onnxruntime's
+    int16 pair sums on CPUs without VNNI (test_symmetric_8_bit_weights_warn_of_saturation)."""
+    qm = quantize_model(resnet20, calib64, w_bits=7 if weight_symmetric else 8, a_bits=8, profile="deploy",
+                        setting="all", weight_symmetric=weight_symmetric, act_symmetric=True)
+    reconstruct(qm, calib64, iters=2, batch_size=8, progress=False)
+    enabled = [(n, q) for n, q in qm.act_quantizers() if q.enabled]
+    assert enabled and all(q.signed and q.qrange == (-128, 127) for _, q in enabled)
+    paper = quantize_model(resnet20, calib64[:8], a_bits=8, quantizer="nearest")  # the default: ReLU outputs unsigned
+    reconstruct(paper, calib64[:8], iters=0, progress=False)
+    assert not paper.net.get_submodule("layer1.0").input_quant.signed
+    path = export_onnx(qm, tmp_path / "m.onnx", (1, 3, 32, 32)).path
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    act_zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert act_zps and all(t.data_type == onnx.TensorProto.INT8 and onnx.numpy_helper.to_array(t) == 0 for t in act_zps)
+    assert {p.key: p.value for p in model.metadata_props}["act_symmetric"] == "True"
+    parity = integer_parity(qm, path, calib64[:16])
+    assert max(d for d, _ in parity.values()) <= 1, {k: v for k, v in parity.items() if v[0] > 1}
+    diff, bound = output_parity(qm, path, calib64[:16])
+    assert diff <= bound
+    qm.arch = "resnet20_cifar10"
+    loaded = load_quantized(save_quantized(qm, tmp_path / "q.pt"))
+    assert loaded.config.act_symmetric and all(q.always_signed for _, q in loaded.act_quantizers())
+    with pytest.raises(GenieError, match="act_symmetric must be True or False"):
+        quantize_model(resnet20, calib64[:4], act_symmetric="yes")
+
+
+def test_the_command_line_runs_and_records_symmetric_activations(tmp_path, capsys):
+    import json
+
+    from genie.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--w-bits", "8", "--a-bits", "8", "--profile", "deploy", "--act-symmetric", "--data", "real",
+                 "--samples", "8", "--recon-iters", "1", "--batch-size", "4", "--test-source", "lossless100",
+                 "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    assert "deploy profile, symmetric activations" in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["extra"]["act_symmetric"] is True
+    assert all(q.signed for _, q in load_quantized(out / "qmodel.pt").act_quantizers() if q.enabled)

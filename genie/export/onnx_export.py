@@ -219,7 +219,7 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
     folds, aliases = _bn_folds(gm)
     graph = OnnxGraph(form.opset)
     ctx = ExportContext(graph, form, qmodel.config.weight_symmetric, dict(gm.named_modules()), folds,
-                        quantized, offset_signed=qmodel.config.profile == "deploy")
+                        quantized, offset_signed=qmodel.config.profile == "deploy" and not qmodel.config.act_symmetric)
     outputs = _translate(gm, ctx, aliases)
     if not all(isinstance(name, str) for name, _ in outputs):
         raise GenieError("ONNX export handles models whose outputs are tensors")
@@ -240,6 +240,7 @@ def build_onnx(qmodel: QuantizedModel, example, int_form_name: str = "qcdq", dyn
         "setting": cfg.setting,
         "quantizer": cfg.quantizer,
         "weight_symmetric": ctx.symmetric,
+        "act_symmetric": cfg.act_symmetric,
         "profile": cfg.profile,
         "int_form": form.name if quantized else "float",
     }

@@ -26,6 +26,9 @@ class ActQuantizer(nn.Module):
         super().__init__()
         self.bits = bits
         self.signed = False
+        # signed even where the data has no negatives (TensorRT-style int8 with zero point 0):
+        # QuantConfig.act_symmetric
+        self.always_signed = False
         self.enabled = True
         self.initialized = False
         self.scale = nn.Parameter(torch.ones(()))
@@ -37,13 +40,15 @@ class ActQuantizer(nn.Module):
 
     # --- state kept in state_dict (python attributes, so no host sync in forward) ---
     def get_extra_state(self):
-        return {"bits": self.bits, "signed": self.signed, "enabled": self.enabled, "initialized": self.initialized}
+        return {"bits": self.bits, "signed": self.signed, "enabled": self.enabled, "initialized": self.initialized,
+                "always_signed": self.always_signed}
 
     def set_extra_state(self, state):
         self.bits = int(state["bits"])
         self.signed = bool(state["signed"])
         self.enabled = bool(state["enabled"])
         self.initialized = bool(state["initialized"])
+        self.always_signed = bool(state.get("always_signed", False))  # files from before the option
 
     @property
     def qrange(self) -> tuple:
@@ -53,7 +58,7 @@ class ActQuantizer(nn.Module):
     def initialize(self, scale: torch.Tensor, signed: bool) -> None:
         """Set the step size (0-d tensor) and signedness found by a search; the quantizer is then active."""
         self.scale.data = scale.to(self.scale.device, self.scale.dtype).reshape(())
-        self.signed = bool(signed)
+        self.signed = bool(signed) or self.always_signed
         self.initialized = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

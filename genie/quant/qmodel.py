@@ -56,6 +56,9 @@ class QuantConfig:
     p_norm: float = DEFAULT_P  # norm of the step-size search (Eq. 16)
     weight_symmetric: bool = False  # signed weights with zero point 0 (runtimes such as TensorRT)
     profile: str = "paper"  # paper | deploy (PROFILES)
+    # every activation signed with zero point 0, also where it has no negatives (TensorRT's int8
+    # convention; an unsigned tensor then uses half the codes)
+    act_symmetric: bool = False
 
     @property
     def mixed(self) -> bool:
@@ -78,8 +81,9 @@ class QuantConfig:
             raise GenieError(f"unknown quantization profile {shown(self.profile)}; use one of {', '.join(PROFILES)}")
         if self.setting not in SETTINGS:
             raise GenieError(f"unknown bit setting {self.setting!r}; use one of {', '.join(SETTINGS)}")
-        if not isinstance(self.weight_symmetric, bool):
-            raise GenieError(f"weight_symmetric must be True or False, got {shown(self.weight_symmetric)}")
+        for flag in ("weight_symmetric", "act_symmetric"):
+            if not isinstance(getattr(self, flag), bool):
+                raise GenieError(f"{flag} must be True or False, got {shown(getattr(self, flag))}")
         if not self.p_norm > 0:
             raise GenieError(f"p_norm must be positive, got {self.p_norm}")
         return self
@@ -512,6 +516,9 @@ def _build(model: nn.Module, config: QuantConfig, blocks, device, check_on=None)
         raise GenieError("the model itself is a single block or layer; wrap it in an nn.Module or nn.Sequential")
     unit_names: list = []
     _transform(net, table, config.quantizer, "", unit_names, config.profile == "deploy")
+    for m in net.modules():
+        if isinstance(m, ActQuantizer):
+            m.always_signed = config.act_symmetric
     return QuantizedModel(net, config, unit_names, teacher)
 
 
@@ -527,6 +534,7 @@ def quantize_model(
     blocks: Optional[dict] = None,
     weight_symmetric: bool = False,
     profile: str = "paper",
+    act_symmetric: bool = False,
 ) -> QuantizedModel:
     """Make a fake-quantized copy of ``model`` (which is not modified).
 
@@ -536,11 +544,15 @@ def quantize_model(
     its own unit. ``profile``: ``"paper"`` (default) or ``"deploy"`` (:data:`PROFILES`: also the
     image, both inputs of every residual add and unit outputs no quantizer reads, at 8 bits, for
     a whole-integer runtime graph). ``weight_symmetric``: signed weights with zero point 0 (for runtimes that
-    require it, e.g. TensorRT) instead of the default per-channel asymmetric range. Weight step
+    require it, e.g. TensorRT) instead of the default per-channel asymmetric range.
+    ``act_symmetric``: every activation quantizer signed (int8 with zero point 0 when exported),
+    also after a ReLU, where only the non-negative half of the codes is used (TensorRT's
+    convention); the default makes a tensor without negatives unsigned. Weight step
     sizes are searched here; activation step sizes need data and are set by
     :func:`genie.quant.reconstruct`.
     """
-    config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm, weight_symmetric, profile).validate()
+    config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm, weight_symmetric, profile,
+                         act_symmetric).validate()
     check_calibration_images(model, example_images)
     require_finite_model(model, "the model")
     qm = _build(model, config, blocks, example_images.device, check_on=example_images[:BN_CHECK_IMAGES])

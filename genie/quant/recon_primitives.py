@@ -60,7 +60,8 @@ def init_activations(unit: nn.Module, q_in: torch.Tensor, chunk: int, p: float,
     :func:`genie.quant.step_size.search_act_scale` (``None``: the exhaustive search)."""
     for q in [m for m in unit.modules() if isinstance(m, ActQuantizer) and m.enabled and not m.initialized]:
         seen, _ = capture(unit, q, q_in, chunk, with_output=False)
-        q.initialize(*search_act_scale(seen, q.bits, p, sample=sample, generator=generator))
+        q.initialize(*search_act_scale(seen, q.bits, p, sample=sample, generator=generator,
+                                       always_signed=q.always_signed))
         del seen
 
 

@@ -118,8 +118,9 @@ class ActRangeSearch:
     all values at once.
     """
 
-    def __init__(self, bits: int, p: float = DEFAULT_P, num: int = 100):
+    def __init__(self, bits: int, p: float = DEFAULT_P, num: int = 100, always_signed: bool = False):
         self.bits, self.p, self.num = bits, p, num
+        self.always_signed = always_signed  # a signed range even for data without negatives (TensorRT-style)
         self.lo = None
         self.hi = None
         self.err = None
@@ -132,7 +133,7 @@ class ActRangeSearch:
 
     @property
     def signed(self) -> bool:
-        return bool(self.lo < 0)
+        return self.always_signed or bool(self.lo < 0)
 
     def scales(self) -> torch.Tensor:
         """The candidate step sizes ``(num,)``, largest clipping ratio first (after the range pass)."""
@@ -177,7 +178,7 @@ def _flat_values(x: torch.Tensor) -> torch.Tensor:
 
 def search_act_scale(x: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int = 100,
                      sample: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                     exact_limit: int = ACT_EXACT_LIMIT) -> tuple:
+                     exact_limit: int = ACT_EXACT_LIMIT, always_signed: bool = False) -> tuple:
     """Per-tensor symmetric step size of ``x`` (all values at once): ``(scale, signed)``.
 
     ``sample=None``: exact, the Lp error of every candidate over every value (``num`` passes).
@@ -191,8 +192,9 @@ def search_act_scale(x: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int 
     images reach 10^8-10^9) has those errors measured on ``exact_limit`` values drawn by
     ``generator`` (the range still comes from every value): a mean over 3*10^7 values ranks
     neighbouring ratios as the full mean does, at a fraction of the time.
+    ``always_signed``: a signed range (zero point 0 in int8) even when ``x`` has no negatives.
     """
-    search = ActRangeSearch(bits, p, num)
+    search = ActRangeSearch(bits, p, num, always_signed)
     flat = _flat_values(x)
     search.observe_range(flat)
     if sample is None or flat.numel() <= 2 * sample:
