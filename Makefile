@@ -16,9 +16,10 @@ export GENIE_ASSETS
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# --no-compile: Python compiles the modules a run imports when it first imports them; compiling
-	# every file of every package at install time (torch, plotly, jupyterlab) costs minutes on 2 cores
-	$(PY) -m pip install --no-compile -e '.[notebooks,export,test]'
+	# byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set (as on CI), an install with
+	# --no-compile leaves every process (each notebook kernel, each benchmark subprocess) compiling
+	# torch, matplotlib and plotly from source again (measured: CI 20 % slower)
+	$(PY) -m pip install -e '.[notebooks,export,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
