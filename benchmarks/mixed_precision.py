@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -100,7 +101,9 @@ def table(out: Path) -> str:
             lines.append(f"| {case} | {len(rs)} | {statistics.mean(tops):.2f} | {sd:.2f} | "
                          f"{statistics.mean(r['agree'] for r in rs):.2f} | {rs[0]['bytes']} |")
     if rows:
-        lines += ["", f"FP32 top-1 {rows[0]['fp']:.2f}; calibration: {rows[0]['calib']}; "
+        # each run draws its images with its own seed: the file and count are shared, the draw is not
+        calib = re.sub(r", seed \d+\)", ")", rows[0]["calib"])
+        lines += ["", f"FP32 top-1 {rows[0]['fp']:.2f}; calibration: {calib}, drawn with each run's seed; "
                       f"{rows[0]['iters']} iterations per unit"]
     text = "\n".join(lines) + "\n"
     (out / "mixed_precision.md").write_text(text)
