@@ -9,11 +9,12 @@ from .quant.reconstruction import QDROP_INPUTS, ROUND_WEIGHT_ADAROUND, ROUND_WEI
 from .pipeline import DEFAULT_SENSITIVITY_SAMPLES
 from .quant.sensitivity import DEFAULT_CANDIDATES, SENSITIVITY_METHODS
 from .sweep import add_sweep_parser, run_sweep
+from .validate import OneLineParser, apply_option_ranges
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet20_cifar10", help="zoo model name (python -m genie models lists them)")
-    p.add_argument("--w-bits", type=_w_bits, default=4,
+    p.add_argument("--w-bits", type=int, default=4,
                    help="weight bits, 2-8 (default 4), or 'mixed': one per layer under --budget-bits")
     p.add_argument("--a-bits", type=int, default=4, help="activation bits, 2-8 (default 4)")
     p.add_argument("--data", default="real", choices=["real", "synthetic"],
@@ -62,7 +63,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="ImageNet models: folder with train/ and val/ subfolders")
     p.add_argument("--cuda-graph", action="store_true",
                    help="GPU: capture each training step once as a CUDA graph and replay it (much less launch overhead)")
-    p.add_argument("--out", default=None, help="folder for result.json and qmodel.pt")
+    p.add_argument("--out", default=None,
+                   help="folder for result.json and qmodel.pt; a rerun of an interrupted run into it resumes "
+                        "(distillation at the first unfinished batch, reconstruction at the first unfinished unit)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep OUT/recon_checkpoints (one file per reconstructed unit) after the run succeeds")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     m = p.add_argument_group("mixed precision (--w-bits mixed)")
     m.add_argument("--budget-bits", type=float, default=None,
@@ -74,27 +79,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     _add_sensitivity_arguments(m)
 
 
-def _w_bits(text: str):
-    if text == "mixed":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer from 2 to 8 or 'mixed', got {text!r}") from None
-
-
-def _candidates(text: str) -> tuple:
-    if not text.strip():
-        return ()  # refused with the other candidate checks
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected bit widths separated by commas, e.g. 2,3,4,8, got {text!r}") \
-            from None
-
-
 def _add_sensitivity_arguments(p) -> None:
-    p.add_argument("--w-candidates", type=_candidates, default=DEFAULT_CANDIDATES,
+    p.add_argument("--w-candidates", type=int, default=DEFAULT_CANDIDATES,
                    help="bit widths a layer may get, e.g. 2,3,4,8 (default " + ",".join(map(str, DEFAULT_CANDIDATES))
                         + ")")
     p.add_argument("--sensitivity", default="kl", choices=list(SENSITIVITY_METHODS),
@@ -123,7 +109,10 @@ def _add_distill_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m genie", description="GENIE zero-shot / few-shot quantization")
+    """The parser of every command. Numeric options get their types (parsing and range) from
+    :data:`genie.validate.OPTION_RANGES` by dest; ``type=int``/``float`` below only marks them.
+    A parse error is a :class:`GenieError` (one line, exit status 2 in :func:`main`)."""
+    parser = OneLineParser(prog="python -m genie", description="GENIE zero-shot / few-shot quantization")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="quantize a model, evaluate it, write result.json and qmodel.pt")
     _add_run_arguments(run_p)
@@ -170,21 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the JSON file to write the table to")
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     add_sweep_parser(sub)
-    return parser
-
-
-# integer options and their smallest allowed value, checked before anything runs
-_INT_MINIMUM = {"samples": 1, "distill_iters": 1, "distill_batch": 1, "concurrent_batches": 1, "batch_size": 1,
-                "recon_iters": 0, "image_size": 1, "sensitivity_samples": 1}
-
-
-def _check_int_options(args: argparse.Namespace) -> None:
-    for name, low in _INT_MINIMUM.items():
-        value = getattr(args, name, None)
-        if value is not None and value < low:
-            option = "--" + name.replace("_", "-")
-            kind = "positive (an integer >= 1)" if low == 1 else f"an integer >= {low}"
-            raise GenieError(f"{option} must be {kind}, got {value}")
+    return apply_option_ranges(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -320,12 +295,12 @@ def _save_distilled(distilled, args: argparse.Namespace, device) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    command = {"run": _run, "models": _models, "distill": _distill, "export": _export, "sweep": run_sweep,
-               "sensitivity": _sensitivity}[args.command]
+    commands = {"run": _run, "models": _models, "distill": _distill, "export": _export, "sweep": run_sweep,
+                "sensitivity": _sensitivity}
 
-    def checked() -> int:
-        _check_int_options(args)
-        return command(args)
+    def parsed_and_run() -> int:
+        # every option is parsed and range-checked here, before any command starts
+        args = build_parser().parse_args(argv)
+        return commands[args.command](args)
 
-    return exit_status("genie", checked)
+    return exit_status("genie", parsed_and_run)

@@ -19,6 +19,7 @@ from .assets import OFFLINE_ENV, RemoteFile, asset_dir, cache_dir, fetch, offlin
 from .devices import model_device
 from .errors import AssetError, GenieError
 from .progress import progress_iter
+from .validate import COUNT, SEED, check_bool, check_images, check_int, check_labels, check_module
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -138,8 +139,8 @@ def cifar10_calibration(
     Drawn without replacement by a generator seeded with ``seed`` from ``cifar10_train_calib5k.npz``
     (``source="npz"``, 5000 images) or torchvision's training set (``"torchvision"``).
     """
-    if num_images <= 0:
-        raise GenieError(f"number of calibration images must be positive, got {num_images}")
+    num_images = check_int(num_images, "number of calibration images (num_images)", COUNT)
+    seed = check_int(seed, "seed", SEED)
     if source == "auto":
         source = "npz" if _have_npz("cifar10_train_calib5k") else "torchvision"
     if source == "npz":
@@ -186,6 +187,8 @@ def image_folder(
 def sample_images(dataset, num_images: int, seed: int = 0) -> LabeledImages:
     """``num_images`` items drawn without replacement (seeded) from a ``(image, label)`` dataset,
     stacked into tensors: calibration images from an image folder."""
+    num_images = check_int(num_images, "num_images", COUNT)
+    seed = check_int(seed, "seed", SEED)
     if not 0 < num_images <= len(dataset):
         raise GenieError(f"cannot draw {num_images} images from a dataset of {len(dataset)}")
     generator = torch.Generator().manual_seed(seed)
@@ -255,6 +258,9 @@ def evaluate(
     ``(N,)``; adds ``"agree"``, the % of images where this model's top-1 is that class (how
     closely a quantized model follows its FP32 original, without the labels' noise).
     """
+    check_module(model, "model", "pass the network to evaluate")
+    batch_size = check_int(batch_size, "batch_size", COUNT, or_none=" or None (automatic)")
+    keep_predictions = check_bool(keep_predictions, "keep_predictions")
     device = model_device(model)
     if batch_size is None:
         batch_size = _eval_batch_size(device)
@@ -264,6 +270,8 @@ def evaluate(
         data = (data.images, data.labels)
     if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
         images, labels = data
+        check_images(images, "evaluate()'s images")
+        check_labels(labels, "evaluate()'s labels")
         if not torch.is_tensor(labels) or labels.dim() != 1 or len(labels) != len(images):
             shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
             raise GenieError(f"evaluate() needs one label per image: {len(images)} images, labels of shape {shape}")

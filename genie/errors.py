@@ -8,9 +8,11 @@ the command line prints them without a traceback.
 
 def shown(value, limit: int = 80) -> str:
     """``value`` for an error message: a tensor or array as its kind and shape (its repr can run
-    to pages), anything else as its repr, cut at ``limit`` characters."""
+    to pages), anything else (0-d arrays and tensors, numpy scalars too) as its repr, cut at
+    ``limit`` characters."""
     shape = getattr(value, "shape", None)
-    if shape is not None and not isinstance(value, (int, float, str)):
+    # a 0-d array or tensor (np.int64(4), tensor(4)) is short: its repr says kind and value
+    if shape is not None and tuple(shape) != () and not isinstance(value, (int, float, str)):
         return f"a {type(value).__name__} of shape {tuple(shape)}"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

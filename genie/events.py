@@ -53,6 +53,16 @@ class UnitEnd:
 
 
 @dataclass
+class UnitRestored(UnitEnd):
+    """Unit ``index`` (of ``total``) was reconstructed by an earlier, interrupted run and is
+    loaded from its checkpoint instead (``genie.quant.reconstruct(checkpoint_dir=...)``): its
+    errors, loss curve and seconds are the earlier run's. Sent before the first unit this run
+    reconstructs, so a monitor shows where a resumed run starts."""
+
+    total: int = 0
+
+
+@dataclass
 class DistillProgress:
     """Distillation losses (total, per batch) of iterations ``[start, start + len)``:
     ``losses`` has shape ``(iterations, batches)``; ``batches`` are their global indices;

@@ -71,3 +71,24 @@ def require_finite_losses(losses: torch.Tensor, start: int, where: str, hint: st
     if bad.any():
         first = start + int(bad.nonzero()[0])
         raise NonFiniteError(f"{where}: the loss became {_kind(losses[first - start])} at iteration {first}; {hint}")
+
+
+def require_positive_bn_variance(model: nn.Module, what: str, names=None) -> None:
+    """Raise :class:`GenieError` when a BatchNorm of ``model`` (those in ``names``, default
+    every one) has ``running_var + eps <= 0`` in some channel: its output divides by the square
+    root of that, so it is NaN or Inf, folded or not. The message names the BatchNorm, the
+    channel and the value."""
+    for name, bn in model.named_modules():
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
+            continue
+        if names is not None and name not in names:
+            continue
+        bad = (bn.running_var.detach() + bn.eps <= 0).nonzero().flatten()
+        if len(bad):
+            channel = int(bad[0])
+            more = f" (and {len(bad) - 1} more channels)" if len(bad) > 1 else ""
+            raise GenieError(
+                f"{what}: BatchNorm {name!r} has running_var[{channel}] = {float(bn.running_var[channel]):g}{more} "
+                f"with eps {bn.eps:g}: a variance must be positive (var + eps <= 0 makes that BatchNorm's output NaN "
+                "or Inf, folded or not); load intact statistics, or recompute them over training images"
+            )

@@ -24,9 +24,11 @@ from .files import check_output_folder, folder_lock
 from .models import load_model, model_spec
 from .quant import QuantConfig, ReconConfig, quantize_model, reconstruct, save_quantized
 from .quant.allocation import allocate, budget_weight_bits, check_budget, pareto_front, weight_memory_bytes
+from .quant.recon_checkpoints import remove_checkpoints
 from .quant.sensitivity import DEFAULT_CANDIDATES, SENSITIVITY_METHODS, SensitivityTable, check_candidates, \
     measure_sensitivity, weights_fingerprint
 from .record import RunRecord, write_record
+from .validate import COUNT, check_bool, check_int, check_options
 
 
 DEFAULT_SAMPLES = 1024
@@ -36,6 +38,7 @@ SENSITIVITY_FILE = "sensitivity.json"  # the sensitivity table of a mixed-precis
 MIXED = "mixed"  # RunConfig.w_bits: one bit width per layer, allocated under budget_bits
 DEFAULT_SENSITIVITY_SAMPLES = 256
 CHECKPOINT_DIR = "distill_checkpoints"
+RECON_CHECKPOINT_DIR = "recon_checkpoints"  # one file per finished unit, removed after a successful run
 
 
 @dataclass
@@ -73,6 +76,7 @@ class RunConfig:
     calib_file: Optional[str] = None  # a distilled set saved earlier (python -m genie distill)
     cuda_graph: bool = False  # replay training steps as CUDA graphs (GPU only)
     report_every: int = 100  # iterations between loss events (live plots)
+    keep_checkpoints: bool = False  # keep out/recon_checkpoints after a successful run
     snapshot_at: tuple = ()  # distillation iterations whose images are sent as events
     export_onnx: bool = False  # also write out/model.onnx (QDQ; genie.export)
     onnx_int: str = "qcdq"  # integer form of the ONNX file: qcdq | int4
@@ -297,8 +301,7 @@ def calibration_images(spec, model, cfg: RunConfig, device, callback: Callback, 
 def check_config(cfg: RunConfig, spec) -> ReconConfig:
     """Every setting and the output folder checked before any slow step; returns the
     reconstruction settings."""
-    if cfg.samples is not None and cfg.samples <= 0:
-        raise GenieError(f"--samples must be positive, got {cfg.samples}")
+    _check_numbers(cfg)
     _check_mixed(cfg)
     QuantConfig(max(cfg.w_candidates) if cfg.mixed else cfg.w_bits, cfg.a_bits, cfg.quantizer, cfg.setting,
                 cfg.fold_bn, weight_symmetric=cfg.weight_symmetric, profile=cfg.profile,
@@ -320,6 +323,22 @@ def check_config(cfg: RunConfig, spec) -> ReconConfig:
             raise GenieError(f"--out {cfg.out}: {Path(cfg.out) / CHECKPOINT_DIR} is a file, where genie keeps "
                              "distillation checkpoints; move it away")
     return recon_cfg
+
+
+# RunConfig fields whose None means "not given" (the command line's default)
+_UNSET_ALLOWED = ("samples", "distill_iters", "round_weight", "budget_bits")
+_FLAGS = ("fold_bn", "weight_symmetric", "act_symmetric", "guard_ties", "progress", "swing", "cuda_graph",
+          "export_onnx")
+
+
+def _check_numbers(cfg: RunConfig) -> None:
+    """Every numeric setting against the range its command-line option takes
+    (:data:`genie.validate.OPTION_RANGES`), and the flags; numpy integers become ints."""
+    for name, value in check_options(vars(cfg), none_allowed=_UNSET_ALLOWED).items():
+        setattr(cfg, name, value)
+    cfg.report_every = check_int(cfg.report_every, "report_every", COUNT)
+    for flag in _FLAGS:
+        check_bool(getattr(cfg, flag), flag)
 
 
 def _check_mixed(cfg: RunConfig) -> None:
@@ -410,6 +429,8 @@ def run(cfg: RunConfig, callback: Callback = None, report: Optional[Callable[["R
             report(result)
         if cfg.out:
             write_outputs(result, cfg, spec)
+            if not cfg.keep_checkpoints:  # only now: a run that dies writing its outputs resumes
+                remove_checkpoints(Path(cfg.out) / RECON_CHECKPOINT_DIR)
     return result
 
 
@@ -439,8 +460,11 @@ def _quantize_and_evaluate(cfg: RunConfig, spec, recon_cfg: ReconConfig, device,
         act_symmetric=cfg.act_symmetric,
     )
     qmodel.arch = cfg.model
+    # with an output folder each finished unit is saved: a rerun of an interrupted run goes on from there
     report = reconstruct(qmodel, images, recon_cfg, callback=callback, progress=cfg.progress,
-                         report_every=cfg.report_every, cuda_graph=cfg.cuda_graph)
+                         report_every=cfg.report_every, cuda_graph=cfg.cuda_graph,
+                         checkpoint_dir=Path(cfg.out) / RECON_CHECKPOINT_DIR if cfg.out else None,
+                         keep_checkpoints=True)
     recon_seconds = time.perf_counter() - t_recon
     qmodel.release_teacher()
     q = evaluate(qmodel, test, progress=cfg.progress, desc="quantized evaluate", agree_with=fp["predictions"])

@@ -13,9 +13,12 @@ checks every result against the record of :mod:`genie.record` and combines all s
 into one table, ``DIR/summary.json`` and ``DIR/summary.csv``.
 
 Values are parsed as Python literals when they can be (``4``, ``0.5``, ``True``, ``None``,
-``"text"``); ``true``/``false``/``none`` are accepted in lower case; anything else is a string.
-Exit status: 0 when every run succeeded, 1 when one failed (the others still run, unless
-``--fail-fast``), 2 for bad arguments.
+``"text"``); ``true``/``false``/``none`` are accepted in lower case; anything else is a string,
+except a value that opens a list, tuple, dict or quote it does not close (``[2,4``): that is
+refused. Every argument is parsed before the first run: a name given twice (two ``--grid``
+or ``--set`` of one name, one name both swept and set, a case label twice) is refused, not
+overridden. Exit status: 0 when every run succeeded, 1 when one failed (the others still run,
+unless ``--fail-fast``), 2 for bad arguments.
 """
 from __future__ import annotations
 
@@ -30,31 +33,45 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .errors import GenieError, exit_status
+from .errors import GenieError, exit_status, shown
 from .files import check_output_folder, folder_lock
 from .sweep_results import RESULT_FILE, collect, load_results, print_collected, write_results
+from .validate import SECONDS, OneLineParser, apply_option_ranges, check_bool, check_float
 
-__all__ = ["RESULT_FILE", "check_parameters", "collect", "find_notebook", "load_results", "main", "notebook_parameters",
-           "parse_assignment", "parse_case", "parse_value", "plan", "sweep", "write_results"]
+__all__ = ["RESULT_FILE", "build_parser", "check_parameters", "collect", "find_notebook", "load_results", "main",
+           "notebook_parameters", "parse_arguments", "parse_assignment", "parse_case", "parse_value", "plan", "sweep",
+           "write_results"]
 
 _LOWER = {"true": True, "false": False, "none": None, "null": None}
 
 
+_OPENERS = "[({\"'"
+
+
 def parse_value(text: str):
-    """A command-line value as a Python value (literal if possible, else the string itself)."""
+    """A command-line value as a Python value (literal if possible, else the string itself).
+    Text that opens a list, tuple, dict or string (``[``, ``(``, ``{``, a quote) must be a
+    complete literal: ``[2,4`` is a :class:`GenieError`, not the string ``"[2,4"``."""
     text = text.strip()
     if text.lower() in _LOWER:
         return _LOWER[text.lower()]
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError) as exc:
+        if text and (text[0] in _OPENERS or text[-1] in "])}\"'"):
+            raise GenieError(f"the value {text!r} is not a complete Python literal ({type(exc).__name__}: "
+                             f"{getattr(exc, 'msg', exc)}); write a list as [2,4], a string with commas or "
+                             "brackets in quotes ('a,b')") from None
         return text
 
 
 def _split_items(text: str) -> list:
-    """Split ``a,b,[1,2],"x,y"`` at the top-level commas."""
+    """Split ``a,b,[1,2],"x,y"`` at the top-level commas; unbalanced brackets or quotes (which
+    would swallow the commas after them) are a :class:`GenieError`."""
     items, depth, quote, current = [], 0, None, ""
     for ch in text:
+        if depth < 0:
+            break
         if quote:
             current += ch
             if ch == quote:
@@ -71,6 +88,10 @@ def _split_items(text: str) -> list:
             current = ""
             continue
         current += ch
+    if quote or depth:
+        what = f"an unclosed {quote}" if quote else "an unclosed bracket" if depth > 0 else "a bracket never opened"
+        raise GenieError(f"{text!r} has {what}; write a list as [2,4], a string with commas or brackets in quotes "
+                         "('a,b')")
     items.append(current)
     return [i for i in (s.strip() for s in items) if i]
 
@@ -116,7 +137,19 @@ def run_name(case: Optional[str], params: dict) -> str:
 
 def plan(cases: Optional[dict] = None, axes: Optional[dict] = None, common: Optional[dict] = None) -> list:
     """``[(name, parameters)]`` for every case crossed with every grid point; ``common``
-    parameters come first, then the case's, then the grid's (later ones win)."""
+    parameters come first, then the case's, then the grid's (later ones win). ``axes``:
+    ``{name: non-empty list of values}``; ``cases``: ``{label: {name: value}}``."""
+    checked_axes = {}
+    for key, values in (axes or {}).items():
+        if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+            raise GenieError(f"axes[{key!r}] must be a list of values to sweep, got {shown(values)}")
+        checked_axes[key] = list(values)
+        if not checked_axes[key]:
+            raise GenieError(f"axes[{key!r}] is empty: give at least one value")
+    axes = checked_axes
+    for label, params in (cases or {}).items():
+        if not isinstance(params, dict):
+            raise GenieError(f"cases[{label!r}] must be a dict of parameters, got {shown(params)}")
     cases = cases or {None: {}}
     runs, names = [], set()
     for case, case_params in cases.items():
@@ -183,14 +216,31 @@ def sweep(notebook, runs: Iterable, out_dir, kernel: Optional[str] = None, cwd: 
     ``on_record``: called with each finished run's record (live progress displays). While it
     runs, ``out_dir`` is locked: a second sweep into it stops at once.
     """
+    timeout = check_float(timeout, "timeout (seconds per cell)", SECONDS, or_none=" or None (no limit)")
+    fail_fast = check_bool(fail_fast, "fail_fast")
     notebook = Path(notebook)
     if not notebook.is_file():
         raise GenieError(f"no notebook at {notebook}")
-    runs = list(runs)
+    runs = _checked_runs(runs)
     check_parameters(notebook, runs)
     out = check_output_folder(out_dir, "the sweep's runs", "--out ", files=("results.json", "results.csv"))
     with folder_lock(out):
         return _run_all(notebook, runs, out, kernel, cwd, fail_fast, log, env, timeout, on_record)
+
+
+def _checked_runs(runs: Iterable) -> list:
+    """``runs`` as a list of ``(name, parameters)`` with distinct names, each a non-empty
+    string, and dicts of parameters (what :func:`plan` returns)."""
+    runs = list(runs)
+    names = set()
+    for item in runs:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and item[0]
+                and isinstance(item[1], dict)):
+            raise GenieError(f"every run must be a (name, parameters dict) pair, as plan() returns; got {shown(item)}")
+        if item[0] in names:
+            raise GenieError(f"two runs are called {item[0]!r}: give every run its own name")
+        names.add(item[0])
+    return runs
 
 
 def _run_all(notebook: Path, runs: list, out: Path, kernel, cwd, fail_fast: bool, log, env, timeout,
@@ -277,14 +327,66 @@ def run_sweep(args: argparse.Namespace) -> int:
     return exit_status("genie sweep", lambda: _sweep_command(args))
 
 
+# the form of each repeatable option's argument, for messages
+_FORMS = {"--grid": "NAME=V1,V2, e.g. w_bits=2,4", "--set": "NAME=VALUE, e.g. smoke=False",
+          "--case": "LABEL:NAME=V,NAME=V, e.g. M1:distiller=direct,swing=False"}
+
+
+def _given(option: str, texts: Sequence[str], parse) -> dict:
+    """``{name: value}`` of the ``option`` arguments ``texts``, each parsed by ``parse``
+    (``text -> (name, value)``); a malformed one or a name given twice is a :class:`GenieError`
+    naming the option, the text and the expected form."""
+    parsed, source = {}, {}
+    for text in texts:
+        try:
+            name, value = parse(text)
+        except GenieError as exc:
+            raise GenieError(f"{option} {text!r}: {exc} (expected {_FORMS[option]})") from None
+        if name in parsed:
+            fix = ("give all its values in one --grid, e.g. --grid w_bits=2,4" if option == "--grid"
+                   else "give it once")
+            raise GenieError(f"{option} gives {name} twice ({source[name]!r} and {text!r}): {fix}")
+        parsed[name], source[name] = value, text
+    return parsed
+
+
+def _case(text: str) -> tuple:
+    """:func:`parse_case`, refusing a case that sets one name twice."""
+    label, sep, rest = text.partition(":")
+    items = _split_items(rest) if sep else []
+    names = [item.partition("=")[0].strip() for item in items]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise GenieError(f"case {label.strip()} sets {', '.join(twice)} twice: give each once")
+    return parse_case(text)
+
+
+def parse_arguments(args: argparse.Namespace) -> tuple:
+    """``(cases, axes, common)`` from ``--case``, ``--grid`` and ``--set``, every one parsed and
+    checked before anything runs: malformed values, a name given twice, a name both swept
+    (``--grid``) and fixed (``--set``), and a case setting a swept name (the grid's value would
+    always win) are each a :class:`GenieError`."""
+    axes = _given("--grid", args.grid, lambda text: parse_assignment(text, many=True))
+    common = _given("--set", args.set, parse_assignment)
+    cases = _given("--case", args.case, _case) or None
+    both = sorted(set(axes) & set(common))
+    if both:
+        raise GenieError(f"{', '.join(both)} is both swept (--grid) and set (--set); the grid's values would always "
+                         "win: drop one of them")
+    for label, params in (cases or {}).items():
+        swept = sorted(set(axes) & set(params))
+        if swept:
+            raise GenieError(f"--case {label} sets {', '.join(swept)}, which --grid sweeps; the grid's values would "
+                             "always win: drop it from the case or from the grid")
+    return cases, axes, common
+
+
 def _sweep_command(args: argparse.Namespace) -> int:
     if args.collect:
         return print_collected(args.collect)
+    cases, axes, common = parse_arguments(args)
     if not args.notebook or not args.out:
         raise GenieError("give a notebook and --out (or --collect DIR)")
-    axes = dict(parse_assignment(g, many=True) for g in args.grid)
-    common = dict(parse_assignment(s) for s in args.set)
-    cases = dict(parse_case(c) for c in args.case) or None
     runs = plan(cases, axes, common)
     if args.dry_run:
         check_parameters(args.notebook, runs)
@@ -300,10 +402,16 @@ def _sweep_command(args: argparse.Namespace) -> int:
     return 1 if failed or len(records) < len(runs) else 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genie.sweep", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m genie.sweep``: numeric options take their ranges from
+    :data:`genie.validate.OPTION_RANGES`; a parse error is a :class:`GenieError`."""
+    parser = OneLineParser(prog="python -m genie.sweep", description=__doc__.split("\n\n")[0])
     _add_arguments(parser)
-    return run_sweep(parser.parse_args(argv))
+    return apply_option_ranges(parser)
+
+
+def main(argv=None) -> int:
+    return exit_status("genie sweep", lambda: _sweep_command(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from genie.cli import main
 
 @pytest.mark.parametrize("argv,message", [
     (["run", "--model", "resnet21"], "unknown model 'resnet21'"),
-    (["run", "--w-bits", "9", "--device", "cpu"], "w_bits must be an integer from 2 to 8"),
-    (["run", "--a-bits", "1", "--device", "cpu"], "a_bits must be an integer from 2 to 8"),
+    (["run", "--w-bits", "9", "--device", "cpu"], "--w-bits must be an integer from 2 to 8"),
+    (["run", "--a-bits", "1", "--device", "cpu"], "--a-bits must be an integer from 2 to 8"),
     (["run", "--samples", "0", "--device", "cpu"], "--samples must be positive"),
     (["run", "--model", "resnet18", "--device", "cpu"], "pass --data-dir"),
 ])

@@ -285,8 +285,8 @@ def test_save_and_load(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"iters": 0}, "iterations must be a positive integer"),
-    ({"iters": -5}, "iterations must be a positive integer"),
+    ({"iters": 0}, r"iterations \(iters\) must be positive \(an integer >= 1\) or None"),
+    ({"iters": -5}, r"iterations \(iters\) must be positive \(an integer >= 1\) or None"),
     ({"distiller": "zeroq"}, "unknown distiller"),
     ({"num_images": 9, "batch_size": 8}, "at least 2 images"),
 ])

@@ -121,4 +121,5 @@ def test_run_prints_its_accuracies_before_a_failed_write(tmp_path, monkeypatch, 
            "is unchanged" in captured.err
     assert (out / "result.json").read_bytes() == before["result.json"]
     assert json.loads((out / "result.json").read_text())["w_bits"] == 4
-    assert listing(out) == ["qmodel.pt", "result.json"]
+    # the failed run's reconstruction checkpoints stay: rerun once there is space, it reconstructs nothing again
+    assert listing(out) == ["qmodel.pt", "recon_checkpoints", "result.json"]

@@ -75,7 +75,8 @@ def test_non_positive_run_options(capsys):
 
 
 def test_concurrent_batches_in_the_api():
-    with pytest.raises(GenieError, match="concurrent_batches must be a positive integer or None"):
+    with pytest.raises(GenieError,
+                       match=r"concurrent_batches must be positive \(an integer >= 1\) or None \(automatic\), got 0"):
         DistillConfig(concurrent_batches=0).validate()
 
 

@@ -123,7 +123,8 @@ def test_bad_reconstruction_settings(resnet20, calib64, kwargs, match):
 
 def test_bad_calibration_tensor(resnet20, calib64):
     qm = quantize_model(resnet20, calib64)
-    with pytest.raises(GenieError, match="non-empty float tensor"):
+    with pytest.raises(GenieError, match=r"calibration images must be a 4-D tensor of shape \(N, C, H, W\), got "
+                                         r"torch.float32 of shape \(64, 32, 32\)"):
         reconstruct(qm, calib64[:, 0], progress=False)
 
 

@@ -45,8 +45,9 @@ class Checkpoints:
                              "is distilled again) or use another checkpoint directory")
         if blob.get("fingerprint") != self.fingerprint:
             raise GenieError(
-                f"{self.path(batch)} belongs to a different distillation run ({blob.get('fingerprint')}); "
-                "use another checkpoint directory or delete it"
+                f"{self.path(batch)} belongs to a different distillation run "
+                f"({_differences(blob.get('fingerprint'), self.fingerprint)}); use another checkpoint directory or "
+                "delete it"
             )
         return blob
 
@@ -54,3 +55,14 @@ class Checkpoints:
         if self.dir is None:
             return
         save_atomically({**record, "fingerprint": self.fingerprint}, self.path(batch), "a distillation checkpoint")
+
+
+def _differences(stored, current: dict, limit: int = 4) -> str:
+    """What differs between a checkpoint's fingerprint and this run's, setting by setting
+    (``seed: checkpoint 0, this run 1``; ``model`` is the BatchNorm statistics' fingerprint)."""
+    if not isinstance(stored, dict):
+        return f"its fingerprint is {stored!r}"
+    keys = [k for k in list(current) + [k for k in stored if k not in current] if stored.get(k) != current.get(k)]
+    parts = [f"{k}: checkpoint {stored.get(k)!r}, this run {current.get(k)!r}" for k in keys[:limit]]
+    more = f"; and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(parts) + more

@@ -22,11 +22,13 @@ from torch import nn
 from ..devices import model_device
 from ..errors import GenieError, shown
 from ..events import BatchDone, Callback, DistillProgress, DistillSnapshot, emit
-from ..finite import require_finite_losses, require_finite_model
+from ..finite import require_finite_losses, require_finite_model, require_positive_bn_variance
 from ..graphs import run_steps
 from ..progress import progress_bar
 from ..optim import DeviceAdam
 from ..seeding import cpu_generator, derive_seed
+from ..validate import COUNT, IMAGE_SIZE, NON_NEGATIVE, PROBABILITY, SEED, check_bool, check_float, check_int, \
+    check_module, merged_config
 from .bns import BNStatsLoss, input_stats_loss
 from .checkpoints import Checkpoints, model_fingerprint
 from .dataset import DistilledSet
@@ -68,17 +70,23 @@ class DistillConfig:
         return [self.batch_size] * full + ([rest] if rest else [])
 
     def validate(self) -> "DistillConfig":
+        """Every setting checked against its range (:mod:`genie.validate`; the seed against what
+        torch's generators take); numpy numbers become Python ones. Returns ``self``."""
         if self.distiller not in DISTILLERS:
-            raise GenieError(f"unknown distiller {self.distiller!r}; use one of {', '.join(DISTILLERS)}")
-        for name, or_none in (("num_images", ""), ("batch_size", ""), ("concurrent_batches", " or None (automatic)")):
-            value = getattr(self, name)
-            if value is None and or_none:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise GenieError(f"{name} must be a positive integer{or_none}, got {shown(value)}")
-        iters = self.total_iters
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters <= 0:
-            raise GenieError(f"distillation iterations must be a positive integer, got {shown(iters)}")
+            raise GenieError(f"unknown distiller {shown(self.distiller)}; use one of {', '.join(DISTILLERS)}")
+        self.num_images = check_int(self.num_images, "num_images", COUNT)
+        self.batch_size = check_int(self.batch_size, "batch_size", COUNT)
+        self.concurrent_batches = check_int(self.concurrent_batches, "concurrent_batches", COUNT,
+                                            or_none=" or None (automatic)")
+        self.iters = check_int(self.iters, "distillation iterations (iters)", COUNT,
+                               or_none=" or None (the distiller's default)")
+        self.seed = check_int(self.seed, "seed", SEED)
+        for name in ("lr_latent", "lr_generator", "lr_pixels", "plateau_min_lr"):
+            setattr(self, name, check_float(getattr(self, name), name, NON_NEGATIVE))
+        self.generator_decay = check_float(self.generator_decay, "generator_decay", PROBABILITY)
+        self.plateau_patience = check_int(self.plateau_patience, "plateau_patience", COUNT)
+        self.swing = check_bool(self.swing, "swing")
+        self.input_term = check_bool(self.input_term, "input_term")
         if min(self.batch_sizes()) < 2:
             raise GenieError("every distillation batch needs at least 2 images (BatchNorm statistics); "
                              f"{self.num_images} images in batches of {self.batch_size} leaves one of 1")
@@ -211,9 +219,11 @@ def distill(
     rerun skips them. ``batches``: run only these batch indices (used to shard across processes).
     ``cuda_graph``: on a GPU, replay the distillation step as a captured CUDA graph.
     """
-    cfg = DistillConfig(**{**(asdict(config) if config else {}), **overrides}).validate()
-    if not isinstance(image_size, int) or image_size <= 0:
-        raise GenieError(f"image_size must be a positive integer, got {shown(image_size)}")
+    check_module(model, "model", "pass the FP network to distil from, e.g. genie.models.load_model(name)")
+    cfg = merged_config(DistillConfig, config, overrides, "distill").validate()
+    image_size = check_int(image_size, "image_size", IMAGE_SIZE)
+    report_every = check_int(report_every, "report_every", COUNT)
+    cuda_graph = check_bool(cuda_graph, "cuda_graph")
     if STRATEGIES[cfg.distiller].uses_generator and image_size % 4 != 0:
         raise GenieError(f"the generator needs an image size divisible by 4, got {image_size}")
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
@@ -222,6 +232,7 @@ def distill(
             "statistics; use real calibration images (--data real) for this model"
         )
     require_finite_model(model, f"{type(model).__name__} (its weights or BatchNorm statistics)")
+    require_positive_bn_variance(model, type(model).__name__)
     device = model_device(model)
     work = teacher_layout(apply_swing(model).eval(), device)
     for p in work.parameters():

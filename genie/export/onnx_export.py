@@ -29,6 +29,7 @@ from ..files import check_output_file, write_atomically
 from ..quant.bn_fold import bn_factor
 from ..quant.layers import QuantLayer
 from ..quant.qmodel import QuantizedModel
+from ..validate import COUNT, IMAGE_SIZE, check_images, check_int
 from .context import ExportContext
 from .graph import OnnxGraph, require_onnx
 from .handlers import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS
@@ -104,13 +105,17 @@ def _warn_of_saturation(qmodel) -> None:
 
 
 def _example(example, qmodel) -> torch.Tensor:
+    """One input image ``(1, C, H, W)`` on the model's device: the first of ``example`` (a
+    floating-point batch) or zeros of its shape (four positive integers, numpy ones too)."""
     device = model_device(qmodel)
     if torch.is_tensor(example):
-        if example.dim() != 4 or not example.is_floating_point():
-            raise GenieError(f"example must be a float tensor (N, C, H, W), got shape {tuple(example.shape)}")
-        return example[:1].to(device)
-    if isinstance(example, (tuple, list)) and len(example) == 4 and all(isinstance(v, int) and v > 0 for v in example):
-        return torch.zeros((1,) + tuple(example)[1:], device=device)
+        return check_images(example, "example")[:1].to(device)
+    if isinstance(example, (tuple, list)) and len(example) == 4:
+        sizes = [check_int(v, f"example[{i}] (the input shape N, C, H, W)", COUNT) for i, v in enumerate(example)]
+        side = max(sizes[2:])
+        if side > IMAGE_SIZE.high:
+            raise GenieError(f"example's image side must be {IMAGE_SIZE.describe()}, got {side}")
+        return torch.zeros([1] + sizes[1:], device=device)
     raise GenieError(f"example must be an input tensor (N, C, H, W) or its shape, got {shown(example)}")
 
 

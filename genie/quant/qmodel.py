@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import GenieError, shown
-from ..finite import require_finite_images, require_finite_model
+from ..finite import require_finite_images, require_finite_model, require_positive_bn_variance
+from ..validate import BITS, POSITIVE, check_bool, check_float, check_images, check_int, check_module
 from .act_quantizer import ActQuantizer
 from .blocks import BlockParts, QuantBlock, default_block_table, flatten_sequential, is_weight_layer, with_act_quants
 from .bn_fold import fold_batchnorm, run_on_images
@@ -81,11 +82,9 @@ class QuantConfig:
             raise GenieError(f"unknown quantization profile {shown(self.profile)}; use one of {', '.join(PROFILES)}")
         if self.setting not in SETTINGS:
             raise GenieError(f"unknown bit setting {self.setting!r}; use one of {', '.join(SETTINGS)}")
-        for flag in ("weight_symmetric", "act_symmetric"):
-            if not isinstance(getattr(self, flag), bool):
-                raise GenieError(f"{flag} must be True or False, got {shown(getattr(self, flag))}")
-        if not self.p_norm > 0:
-            raise GenieError(f"p_norm must be positive, got {self.p_norm}")
+        for flag in ("fold_bn", "weight_symmetric", "act_symmetric"):
+            setattr(self, flag, check_bool(getattr(self, flag), flag))
+        self.p_norm = check_float(self.p_norm, "p_norm (the norm of the step-size search, Eq. 16)", POSITIVE)
         return self
 
     def to_dict(self) -> dict:
@@ -94,35 +93,16 @@ class QuantConfig:
 
 def check_bits(value, name: str) -> int:
     """``value`` as a bit width (Python or numpy integer) in 2..8, else a :class:`GenieError`."""
-    import operator
-
-    if not isinstance(value, bool):
-        try:
-            value_int = operator.index(value)  # int, numpy integers, 0-d integer tensors
-        except TypeError:
-            value_int = None
-        if value_int is not None and 2 <= value_int <= 8:
-            return int(value_int)
-    raise GenieError(f"{name} must be an integer from 2 to 8, got {shown(value)}")
+    return check_int(value, name, BITS)
 
 
 def check_calibration_images(model: nn.Module, example: torch.Tensor) -> None:
-    """A :class:`GenieError` unless ``example`` is a non-empty finite float ``(N, C, H, W)`` batch
-    with as many channels as ``model``'s first convolution takes."""
-    if not torch.is_tensor(example) or example.dim() != 4 or not example.is_floating_point():
-        shape = tuple(example.shape) if torch.is_tensor(example) else type(example).__name__
-        raise GenieError(
-            f"calibration images must be a non-empty float tensor of shape (N, C, H, W), got {shape}"
-        )
-    if example.shape[0] == 0:
-        raise GenieError("calibration images are empty (N = 0)")
-    require_finite_images(example)
+    """A :class:`GenieError` unless ``example`` is a non-empty finite floating-point ``(N, C, H, W)``
+    batch with as many channels as ``model``'s first convolution takes (the message names the
+    dtype and shape it got and how to convert; :func:`genie.validate.check_images`)."""
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is not None and example.shape[1] != first.in_channels:
-        raise GenieError(
-            f"calibration images have {example.shape[1]} channels but the model's first convolution "
-            f"expects {first.in_channels}: expected shape (N, {first.in_channels}, H, W), got {tuple(example.shape)}"
-        )
+    check_images(example, "calibration images", first.in_channels if first is not None else None)
+    require_finite_images(example)
 
 
 def _check_layers(model: nn.Module) -> None:
@@ -551,10 +531,12 @@ def quantize_model(
     sizes are searched here; activation step sizes need data and are set by
     :func:`genie.quant.reconstruct`.
     """
+    check_module(model, "model", "pass the FP network to quantize, e.g. genie.models.load_model(name)")
     config = QuantConfig(w_bits, a_bits, quantizer, setting, fold_bn, p_norm, weight_symmetric, profile,
                          act_symmetric).validate()
     check_calibration_images(model, example_images)
     require_finite_model(model, "the model")
+    require_positive_bn_variance(model, "the model")
     qm = _build(model, config, blocks, example_images.device, check_on=example_images[:BN_CHECK_IMAGES])
     info = _probe(qm, qm.teacher, example_images[:2])
     qm.unit_names = info["units"]

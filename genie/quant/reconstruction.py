@@ -26,15 +26,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
 from torch import nn
 
 from ..devices import model_device
-from ..errors import GenieError, shown
-from ..events import Callback, UnitEnd, UnitProgress, UnitStart, emit
+from ..errors import GenieError
+from ..events import Callback, UnitEnd, UnitProgress, UnitRestored, UnitStart, emit
 from ..finite import NonFiniteError, first_nonfinite, require_finite_losses
 from ..graphs import run_steps
 from ..progress import progress_bar
@@ -44,7 +44,9 @@ from .capture import TeacherActivations, chained_units, student_input
 from .layers import QuantLayer
 from .qmodel import QuantizedModel, check_calibration_images
 from .step_size import ACT_SEARCH_SAMPLE
-from .rounding_ties import guard_ties
+from ..validate import COUNT, check_int, merged_config
+from .recon_checkpoints import ReconCheckpoints, recon_fingerprint
+from .rounding_ties import TieMove, guard_ties
 from .recon_primitives import (
     batch_indices,
     images_on,
@@ -110,24 +112,30 @@ class ReconConfig:
         return ROUND_WEIGHT_GENIE if method == "genie" else ROUND_WEIGHT_ADAROUND
 
     def validate(self) -> "ReconConfig":
-        if not isinstance(self.iters, int) or self.iters < 0:
-            raise GenieError(f"reconstruction iterations must be an integer >= 0, got {shown(self.iters)}")
-        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise GenieError(f"batch_size must be a positive integer, got {shown(self.batch_size)}")
-        if not 0.0 <= self.drop_prob <= 1.0:
-            raise GenieError(f"drop_prob must be in [0, 1], got {self.drop_prob}")
-        if self.qdrop_input not in QDROP_INPUTS:
-            raise GenieError(f"qdrop_input must be one of {', '.join(map(repr, QDROP_INPUTS))}, "
-                             f"got {shown(self.qdrop_input)}")
-        if self.round_weight is not None and not self.round_weight >= 0.0:
-            raise GenieError(f"round_weight (lambda of Eq. 15) must be a number >= 0, got {shown(self.round_weight)}")
-        if not 0.0 <= self.warmup < 1.0:
-            raise GenieError(f"warmup must be in [0, 1), got {self.warmup}")
-        if not isinstance(self.capture_mb, int) or self.capture_mb < 0:
-            raise GenieError(f"capture_mb must be an integer >= 0 (MiB), got {shown(self.capture_mb)}")
-        if self.act_search_sample is not None and (not isinstance(self.act_search_sample, int)
-                                                   or self.act_search_sample <= 0):
-            raise GenieError(f"act_search_sample must be a positive integer or None, got {shown(self.act_search_sample)}")
+        """Every setting checked against its range (:mod:`genie.validate`; the seed against what
+        torch's generators take); numpy numbers become Python ones. Returns ``self``."""
+        from ..validate import (COUNT, COUNT_OR_ZERO, FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED,
+                                check_bool, check_choice, check_float, check_int)
+
+        self.iters = check_int(self.iters, "reconstruction iterations (iters)", COUNT_OR_ZERO)
+        self.batch_size = check_int(self.batch_size, "batch_size", COUNT)
+        self.drop_prob = check_float(self.drop_prob, "drop_prob", PROBABILITY)
+        self.qdrop_input = check_choice(self.qdrop_input, "qdrop_input", QDROP_INPUTS)
+        self.round_weight = check_float(self.round_weight, "round_weight (lambda of Eq. 15)", NON_NEGATIVE,
+                                        or_none=" or None (the quantizer's default)")
+        for name in ("lr_softbits", "lr_weight_scale", "lr_act_scale"):
+            setattr(self, name, check_float(getattr(self, name), name, NON_NEGATIVE))
+        self.beta_start = check_float(self.beta_start, "beta_start", POSITIVE)
+        self.beta_end = check_float(self.beta_end, "beta_end", POSITIVE)
+        self.warmup = check_float(self.warmup, "warmup", FRACTION_BELOW_ONE)
+        self.min_scale_ratio = check_float(self.min_scale_ratio, "min_scale_ratio", PROBABILITY,
+                                           or_none=" or None (no floor)")
+        self.seed = check_int(self.seed, "seed", SEED)
+        self.chunk_size = check_int(self.chunk_size, "chunk_size", COUNT, or_none=" or None (automatic)")
+        self.capture_mb = check_int(self.capture_mb, "capture_mb (MiB)", COUNT_OR_ZERO)
+        self.act_search_sample = check_int(self.act_search_sample, "act_search_sample", COUNT,
+                                           or_none=" or None (exhaustive)")
+        self.guard_ties = check_bool(self.guard_ties, "guard_ties")
         return self
 
 
@@ -296,6 +304,8 @@ def reconstruct(
     progress: bool = True,
     report_every: int = 100,
     cuda_graph: bool = False,
+    checkpoint_dir=None,
+    keep_checkpoints: bool = False,
     **overrides,
 ) -> ReconReport:
     """Initialise activation step sizes and reconstruct every unit of ``qmodel`` in place.
@@ -308,8 +318,13 @@ def reconstruct(
     default ``qmodel.teacher`` (kept by :func:`genie.quant.quantize_model`).
     Events (:class:`UnitStart`, :class:`UnitProgress`, :class:`UnitEnd`) go to ``callback``.
     ``cuda_graph``: on a GPU, replay each unit's training step as a captured CUDA graph.
+    ``checkpoint_dir``: each finished unit is saved there (:mod:`genie.quant.recon_checkpoints`);
+    a call with the same model, images and settings continues at the first unsaved unit and ends
+    with the same model as an uninterrupted call. The files are deleted when reconstruction ends,
+    unless ``keep_checkpoints``.
     """
-    cfg = ReconConfig(**{**(config.__dict__ if config else {}), **overrides}).validate()
+    cfg = merged_config(ReconConfig, config, overrides, "reconstruct").validate()
+    report_every = check_int(report_every, "report_every", COUNT)
     teacher = _resolve_teacher(qmodel, teacher)
     check_calibration_images(teacher, images)
     device = model_device(qmodel)
@@ -334,8 +349,16 @@ def reconstruct(
         search_generator = torch.Generator(device=device).manual_seed(cfg.seed)
         run = _Run(teacher, qmodel.net, images, cfg, qmodel.config.quantizer, qmodel.config.p_norm, generator,
                    search_generator, chunk, fp, chained, callback, bar, report_every, cuda_graph)
+        checkpoints = None
+        if checkpoint_dir is not None:
+            fingerprint = recon_fingerprint(teacher, qmodel.net, images, cfg, qmodel.config.to_dict(), names, device)
+            checkpoints = ReconCheckpoints(checkpoint_dir, fingerprint)
+            reports = _restore_units(checkpoints, run, units)
+            _announce_resume(reports, run, units)
         previous_output = None
         for index, (name, module) in enumerate(units):
+            if index < len(reports):  # restored from a checkpoint
+                continue
             t0 = time.perf_counter()
             # 1. the unit's FP input and target (teacher) and its input in the quantized model
             unit = _capture_unit(run, index, name, module, previous_output)
@@ -358,5 +381,52 @@ def reconstruct(
             seconds = time.perf_counter() - t0
             reports.append(UnitReport(name, unit.kind, init_error, final_error, seconds, losses, at_floor, lowest, ties))
             emit(callback, UnitEnd(index, name, unit.kind, init_error, final_error, losses, seconds))
+            if checkpoints is not None:
+                checkpoints.save(index, module, _report_record(reports[-1]), _rng_states(run))
             del unit  # its captured tensors, before the next unit's are made
+    if checkpoints is not None and not keep_checkpoints:
+        checkpoints.remove()
     return ReconReport(reports, time.perf_counter() - t_start)
+
+
+def _report_record(report: UnitReport) -> dict:
+    return {**{f.name: getattr(report, f.name) for f in fields(UnitReport)},
+            "tie_moves": [vars(m) for m in report.tie_moves]}
+
+
+def _rng_states(run: _Run) -> dict:
+    """The generators' states between two units (the CUDA default generator draws QDrop masks on GPUs)."""
+    device = run.images.device
+    return {"batches": run.generator.get_state(), "search": run.search_generator.get_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _restore_units(checkpoints: ReconCheckpoints, run: _Run, units: list) -> list:
+    """Bring back the units an interrupted run finished (their state, reports and the generators'
+    states after the last of them); returns their :class:`UnitReport` s."""
+    reports = []
+    for blob in checkpoints.finished()[:len(units)]:
+        name, module = units[blob["index"]]
+        _finalize_unit(module)  # the integer structure, overwritten next by the saved values
+        module.load_state_dict(blob["state"])
+        record = dict(blob["report"])
+        record["tie_moves"] = [TieMove(**m) for m in record["tie_moves"]]
+        reports.append(UnitReport(**record))
+        rng = blob["rng"]
+    if reports:
+        device = run.images.device
+        run.generator.set_state(rng["batches"])
+        run.search_generator.set_state(rng["search"])
+        if rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+    return reports
+
+
+def _announce_resume(reports: list, run: _Run, units: list) -> None:
+    """Restored units: one :class:`UnitRestored` each (monitors draw them), and the bar moved on."""
+    for index, r in enumerate(reports):
+        emit(run.callback, UnitRestored(index, r.name, r.kind, r.init_error, r.final_error, r.losses, r.seconds,
+                                        total=len(units)))
+    if reports and run.bar is not None:
+        run.bar.update(run.cfg.iters * len(reports))
+        run.bar.set_postfix_str(f"resumed at unit {len(reports) + 1}/{len(units)} from checkpoints", refresh=False)

@@ -35,6 +35,7 @@ from torch import nn
 from ..devices import model_device
 from ..errors import GenieError, shown
 from ..files import read_json, write_json
+from ..validate import COUNT, SEED, check_int
 from .qmodel import QuantizedModel, check_bits, quantize_model
 from .step_size import DEFAULT_P
 
@@ -272,6 +273,8 @@ def measure_sensitivity(
     """
     t0 = time.perf_counter()
     bits = check_candidates(candidates)
+    seed = check_int(seed, "seed", SEED)
+    chunk_size = check_int(chunk_size, "chunk_size", COUNT, or_none=" or None (automatic)")
     if method not in SENSITIVITY_METHODS:
         raise GenieError(f"unknown sensitivity method {shown(method)}; use one of {', '.join(SENSITIVITY_METHODS)}")
     qm = quantize_model(model, images, w_bits=8, a_bits=8, quantizer="nearest", setting=setting, fold_bn=fold_bn,

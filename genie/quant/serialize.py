@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import GenieError
 from ..files import load_genie_file, save_atomically
 from ..finite import require_finite_model
+from ..validate import check_module, check_path
 from .qmodel import QuantConfig, QuantizedModel, integer_model_structure
 
 FORMAT = "genie.quantized-model"
@@ -25,6 +26,13 @@ def save_quantized(qmodel: QuantizedModel, path: Union[str, Path], metadata: Opt
     """
     from .. import __version__
 
+    if not isinstance(qmodel, QuantizedModel):
+        raise GenieError(f"save_quantized takes a QuantizedModel (from genie.quant.quantize_model, then reconstruct), "
+                         f"got {type(qmodel).__name__}; a float model is saved with "
+                         "torch.save(model.state_dict(), path)")
+    path = check_path(path, "path")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise GenieError(f"metadata must be a dict (JSON-like values) or None, got {type(metadata).__name__}")
     not_final = [n for n, layer in qmodel.layers() if not layer.weight_quant.is_integer]
     if not_final:
         raise GenieError(
@@ -56,6 +64,10 @@ def load_quantized(
     ``model``: the FP architecture (weights are not used); needed unless the file names a zoo
     model. ``blocks``: the same custom block-table entries used when quantizing, if any.
     """
+    path = check_path(path, "path")
+    if model is not None:
+        check_module(model, "model", "pass the FP architecture the file was quantized from "
+                                     "(e.g. genie.models.load_model(name, pretrained=False)), or None for a zoo model")
     blob = load_genie_file(path, FORMAT, "quantized model")
     if blob["format_version"] > FORMAT_VERSION:
         raise GenieError(f"{path} has format version {blob['format_version']}; this genie reads up to {FORMAT_VERSION}")

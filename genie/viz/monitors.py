@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..distill.schedule import snapshot_schedule
-from ..events import BatchDone, DistillProgress, DistillSnapshot, UnitEnd, UnitProgress, UnitStart
+from ..events import BatchDone, DistillProgress, DistillSnapshot, UnitEnd, UnitProgress, UnitRestored, UnitStart
 from .views import BlockErrorChart, ImageGridView, LiveLines, Progress, _View
 
 
@@ -84,6 +84,12 @@ class ReconMonitor(_View):
                 self.curve.extend(event.name, range(event.start, event.start + k), event.losses)
             self.progress.update(self._units_done * self.iters + event.start + k,
                                  f"{event.name} loss {float(event.losses[-1]):.4g}")
+        elif isinstance(event, UnitRestored):  # finished by an interrupted run: this one resumes after it
+            self._units_done += 1
+            if self.curve is not None and len(event.losses):
+                self.curve.extend(event.name, range(len(event.losses)), event.losses)
+            self.progress.update(self._units_done * max(1, self.iters),
+                                 f"resumed: units 1-{event.index + 1} of {event.total} restored from checkpoints")
         elif isinstance(event, UnitEnd):
             self._units_done += 1
             self.progress.update(self._units_done * max(1, self.iters),
