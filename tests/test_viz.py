@@ -100,6 +100,21 @@ def test_recon_monitor_fills_the_block_chart(viz):
     mon.close()
 
 
+def test_recon_monitor_shows_where_a_resumed_run_starts(viz):
+    from genie.events import UnitEnd, UnitRestored, UnitStart
+
+    mon = viz.ReconMonitor(iters=4, units=3, live=False)
+    for i, name in enumerate(["b0", "b1"]):  # restored from checkpoints: their curves and errors are drawn
+        mon(UnitRestored(i, name, "block", 10.0, 1.0 + i, torch.tensor([5.0, 4.0, 3.0, 2.0]), 0.1, total=3))
+    assert mon.progress.count == 8 and mon.progress.text == "resumed: units 1-2 of 3 restored from checkpoints"
+    mon(UnitStart(2, 3, "b2", "block", 4, 30.0))
+    assert mon.progress.count == 8  # the resumed run's first unit starts after the restored ones
+    mon(UnitEnd(2, "b2", "block", 30.0, 3.0, torch.ones(4), 0.1))
+    assert list(mon.chart.figure().data[1].y) == [1.0, 2.0, 3.0] and mon.curve.data["b0"][1] == [5.0, 4.0, 3.0, 2.0]
+    assert mon.progress.count == 12
+    mon.close()
+
+
 def test_run_panel_without_a_frontend_uses_the_defaults(viz):
     calls = []
     panel = viz.RunPanel(calls.append, {"w_bits": 4, "swing": True}, {"w_bits": (2, 8)}, live=False)
