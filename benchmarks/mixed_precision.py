@@ -66,7 +66,9 @@ def zeroshot(args, out: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         subprocess.run([sys.executable, "-m", "genie", "distill", "--model", "resnet20_cifar10", "--samples",
                         str(args.distill_samples), "--distill-iters", str(args.distill_iters), "--seed", "0",
-                        "--device", "cpu", "--no-progress", "--out", str(calib)], env=env, check=True)
+                        "--device", "cpu", "--no-progress", "--out", str(calib),
+                        # an interrupted distillation resumes at its first unfinished batch
+                        "--checkpoint-dir", str(out / "zs-distill-checkpoints")], env=env, check=True)
     todo = [(out / f"zs-{case}", [*BASE, *CASES[case], "--data", "synthetic", "--calib-file", str(calib), "--seed", "0",
                                   "--recon-iters", str(args.iters)], out / f"zs-{case}.log")
             for case in ZERO_SHOT_CASES]
