@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import GenieError
 from ..files import check_output_folder, load_torch_file, save_atomically
+from .sensitivity import weights_fingerprint
 
 FORMAT = "genie.recon-checkpoint"
 _FILE = "unit_{:03d}.pt"
@@ -51,10 +52,6 @@ def code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _state_tensors(module: nn.Module):
-    return [(k, v) for k, v in module.state_dict().items() if torch.is_tensor(v)]
-
-
 def recon_fingerprint(teacher: nn.Module, student: nn.Module, images: torch.Tensor, cfg, quant_config: dict,
                       units: list, device: torch.device) -> dict:
     """What decides a reconstruction's result, one entry per cause (so that a refusal names it).
@@ -64,12 +61,11 @@ def recon_fingerprint(teacher: nn.Module, student: nn.Module, images: torch.Tens
     configuration (``QuantConfig.to_dict()``)."""
     from .. import __version__
 
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items()}
     return {
-        "teacher weights": tensor_digest(_state_tensors(teacher)),
-        "quantized model": tensor_digest(_state_tensors(student)) + "|" + repr(sorted(quant_config.items())),
+        "teacher weights": weights_fingerprint(teacher),
+        "quantized model": weights_fingerprint(student) + "|" + repr(sorted(quant_config.items())),
         "calibration images": tensor_digest([("images", images)]),
-        "reconstruction settings": settings,
+        "reconstruction settings": dataclasses.asdict(cfg),
         "units": list(units),
         "device type": torch.device(device).type,
         "genie code": f"{__version__}+{code_digest()}",
@@ -94,8 +90,8 @@ def _difference(saved: dict, current: dict) -> str:
 
 
 class ReconCheckpoints:
-    """Finished units saved one file each under ``directory``; :meth:`restore` brings an
-    interrupted run's units back."""
+    """Finished units saved one file each under ``directory``; :meth:`finished` returns an
+    interrupted run's units, checked against this run's fingerprint."""
 
     def __init__(self, directory, fingerprint: dict):
         self.dir = Path(directory)

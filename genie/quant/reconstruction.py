@@ -44,7 +44,8 @@ from .capture import TeacherActivations, chained_units, student_input
 from .layers import QuantLayer
 from .qmodel import QuantizedModel, check_calibration_images
 from .step_size import ACT_SEARCH_SAMPLE
-from ..validate import COUNT, check_int, merged_config
+from ..validate import (COUNT, COUNT_OR_ZERO, FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED,
+                        check_bool, check_choice, check_float, check_int, merged_config)
 from .recon_checkpoints import ReconCheckpoints, recon_fingerprint
 from .rounding_ties import TieMove, guard_ties
 from .recon_primitives import (
@@ -114,9 +115,6 @@ class ReconConfig:
     def validate(self) -> "ReconConfig":
         """Every setting checked against its range (:mod:`genie.validate`; the seed against what
         torch's generators take); numpy numbers become Python ones. Returns ``self``."""
-        from ..validate import (COUNT, COUNT_OR_ZERO, FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED,
-                                check_bool, check_choice, check_float, check_int)
-
         self.iters = check_int(self.iters, "reconstruction iterations (iters)", COUNT_OR_ZERO)
         self.batch_size = check_int(self.batch_size, "batch_size", COUNT)
         self.drop_prob = check_float(self.drop_prob, "drop_prob", PROBABILITY)
