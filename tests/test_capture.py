@@ -92,10 +92,35 @@ def test_sampled_act_search_equals_the_exhaustive_one(kind):
         x = x.relu() * (torch.rand(x.shape, generator=g) < 0.05)
     for bits in (2, 4, 8):
         exhaustive = _lp_best(x, bits)
-        for sample in (1 << 12, 64):  # a poor estimate only widens the exact window
+        # a poor estimate only widens the exact window; 1 << 20: all values rank the ratios coarse
+        # to fine (no draw), which must still find the minimum of all 100
+        for sample in (1 << 12, 64, 1 << 20):
             sampled = search_act_scale(x, bits, sample=sample, generator=torch.Generator().manual_seed(0))
             assert sampled[1] == exhaustive[1]
             assert torch.equal(sampled[0], exhaustive[0]), (kind, bits, sample)
+
+
+def test_the_sampled_search_ranks_a_third_of_the_ratios_and_skips_zeros(monkeypatch):
+    """The estimate ranks every 5th ratio and the ones around the best (at most 28 of 100), on the
+    drawn values that are not zero; the exact phase adds a few ratios over the non-zero values."""
+    from genie.quant import step_size
+
+    work = []
+    real = step_size._lp_errors
+
+    def counting(values, scales, *args):
+        work.append((len(scales), values.numel(), bool((values == 0).any())))
+        return real(values, scales, *args)
+
+    monkeypatch.setattr(step_size, "_lp_errors", counting)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 16, 24, 24, generator=g).relu()  # half zeros
+    search_act_scale(x, 4, sample=1 << 12, generator=torch.Generator().manual_seed(0))
+    assert not any(has_zero for *_, has_zero in work)
+    estimate = [(r, n) for r, n, _ in work if n < 1 << 12]
+    assert sum(r for r, _ in estimate) <= 28 and all(1500 < n < 2600 for _, n in estimate)  # ~half of 4096
+    exact = [r for r, n, _ in work if n > 1 << 12]
+    assert 3 <= sum(exact) <= 9
 
 
 def test_init_activations_sampled_equals_exhaustive(resnet20, calib64):
