@@ -1,7 +1,7 @@
 """Mixed precision against uniform bits at equal weight memory, and what the sensitivity costs.
 
     python benchmarks/mixed_precision.py accuracy [--seeds 0 1 2] [--iters 2000] [--samples 1024] [--jobs 2]
-    python benchmarks/mixed_precision.py zeroshot [--distill-samples 256] [--distill-iters 500] [--iters 2000]
+    python benchmarks/mixed_precision.py zeroshot [--seeds 0 1 2] [--distill-samples 256] [--distill-iters 500] [--iters 2000]
     python benchmarks/mixed_precision.py timing   [--threads 2] [--repeats 3]
     python benchmarks/mixed_precision.py table    (the accuracy table again from the finished runs)
     python benchmarks/mixed_precision.py export   (the budget-3 model of the first seed in onnxruntime)
@@ -15,7 +15,8 @@ at a time, one thread each) into ``OUT/<case>-s<seed>/``; a run whose ``result.j
 is not run again. The table (``mixed_precision.md``) gives top-1, agreement with FP32's top-1,
 weight memory and seconds per run, and the means over seeds.
 
-``zeroshot``: the same comparison at budget 2.5 on one GENIE-D set (distilled once, seed 0).
+``zeroshot``: the same comparison at budget 2.5 on one GENIE-D set (distilled once, seed 0),
+reconstructed with each of ``--seeds`` (into ``OUT/zs-<case>-s<seed>/``).
 
 ``timing``: seconds of a full sensitivity table of ResNet-20 on 256 real images at candidates
 2, 3, 4, 8 (KL and Fisher), ``--repeats`` times in this process with ``--threads`` threads.
@@ -69,9 +70,11 @@ def zeroshot(args, out: Path) -> None:
                         "--device", "cpu", "--no-progress", "--out", str(calib),
                         # an interrupted distillation resumes at its first unfinished batch
                         "--checkpoint-dir", str(out / "zs-distill-checkpoints")], env=env, check=True)
-    todo = [(out / f"zs-{case}", [*BASE, *CASES[case], "--data", "synthetic", "--calib-file", str(calib), "--seed", "0",
-                                  "--recon-iters", str(args.iters)], out / f"zs-{case}.log")
-            for case in ZERO_SHOT_CASES]
+    # one distilled set (seed 0); --seeds are the reconstruction's seeds (batches, QDrop masks)
+    todo = [(out / f"zs-{case}-s{seed}", [*BASE, *CASES[case], "--data", "synthetic", "--calib-file", str(calib),
+                                          "--seed", str(seed), "--recon-iters", str(args.iters)],
+             out / f"zs-{case}-s{seed}.log")
+            for seed in args.seeds for case in ZERO_SHOT_CASES]
     genie_runs(todo, args.jobs)
 
 
