@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	# byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set (as on CI), an install with
 	# --no-compile leaves every process (each notebook kernel, each benchmark subprocess) compiling
 	# torch, matplotlib and plotly from source again (measured: CI 20 % slower)
-	$(PY) -m pip install -e '.[notebooks,export,test]'
+	$(PY) -m pip install -e '.[notebooks,export,test,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)

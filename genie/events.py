@@ -93,6 +93,45 @@ class BatchDone:
     per_layer: Optional[torch.Tensor] = field(default=None)
 
 
+@dataclass
+class SweepRunStart:
+    """Run ``run`` of a sweep began on ``worker`` (a local process: ``"local 1"``, with its GPU
+    when pinned; with a Dask scheduler the run was handed to the cluster, ``worker`` its address)."""
+
+    run: str
+    worker: str
+
+
+@dataclass
+class SweepRunEnd:
+    """Run ``run`` of a sweep is accounted for: ``done`` of ``total`` runs are. ``status``: ``ok``,
+    ``reused`` (a valid result of an earlier sweep, not run again), ``failed`` or ``no result``;
+    ``attempts`` > 1: its worker died and it was run again; ``record``: its entry of results.json."""
+
+    run: str
+    status: str
+    done: int
+    total: int
+    seconds: Optional[float]
+    attempts: int
+    error: Optional[str]
+    record: dict
+
+
+@dataclass
+class SweepEnd:
+    """A sweep ended: of ``total`` runs, ``skipped`` reused earlier results, ``finished`` ran
+    once, ``retried`` finished after their worker died, ``failed`` did not finish (``total`` minus
+    these four were never started: ``fail_fast``); ``seconds`` of wall time."""
+
+    total: int
+    skipped: int
+    finished: int
+    retried: int
+    failed: int
+    seconds: float
+
+
 def emit(callback: Callback, event) -> None:
     if callback is not None:
         callback(event)

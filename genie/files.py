@@ -15,8 +15,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
-import torch
-
 from .errors import GenieError
 
 PathLike = Union[str, Path]
@@ -40,6 +38,8 @@ def load_genie_file(path: PathLike, fmt: str, what: str) -> dict:
 def load_torch_file(path: PathLike, what: str):
     """``torch.load(path, weights_only=True)`` onto the CPU; a missing, truncated, corrupt or
     foreign file raises a :class:`GenieError` naming the file and ``what`` was expected."""
+    import torch  # here, not at the top: writing JSON (a sweep's worker) needs no torch
+
     path = Path(path)
     if path.is_dir():
         raise GenieError(f"{path} is a folder, not a {what} file")
@@ -100,6 +100,8 @@ def write_atomically(path: PathLike, data: bytes, what: str = "file") -> None:
 
 def save_atomically(obj, path: PathLike, what: str = "file") -> Path:
     """``torch.save(obj)`` to ``path`` through :func:`atomic_file`; returns the path."""
+    import torch
+
     with atomic_file(path, what) as handle:
         torch.save(obj, handle)
     return Path(path)

@@ -12,12 +12,20 @@ named variants (e.g. the ablation's M1..M5) that are crossed with the grid. ``--
 checks every result against the record of :mod:`genie.record` and combines all sweeps below DIR
 into one table, ``DIR/summary.json`` and ``DIR/summary.csv``.
 
+``--workers N`` runs N notebooks at once on this machine (``auto``: one per GPU, each pinned to
+its GPU, or on a CPU-only machine one per core, the cores shared out as threads, ``--threads``);
+``--scheduler tcp://HOST:PORT`` runs each as a task of a Dask cluster whose workers share the
+``--out`` folder (:mod:`genie.sweep_exec`). A rerun into the same ``--out`` reuses every run
+whose ``result.json`` is valid and was finished by a run with the same parameters (status
+``reused``) and runs the others (:mod:`genie.sweep_state`); ``--rerun`` runs them all. A run
+whose worker dies is run again ``--retries`` times (default 1), then recorded as failed.
+
 Values are parsed as Python literals when they can be (``4``, ``0.5``, ``True``, ``None``,
 ``"text"``); ``true``/``false``/``none`` are accepted in lower case; anything else is a string,
 except a value that opens a list, tuple, dict or quote it does not close (``[2,4``): that is
 refused. Every argument is parsed before the first run: a name given twice (two ``--grid``
 or ``--set`` of one name, one name both swept and set, a case label twice) is refused, not
-overridden. Exit status: 0 when every run succeeded, 1 when one failed (the others still run,
+overridden. Exit status: 0 when every run succeeded (or was reused), 1 when one failed (the others still run,
 unless ``--fail-fast``), 2 for bad arguments.
 """
 from __future__ import annotations
@@ -25,18 +33,17 @@ from __future__ import annotations
 import argparse
 import ast
 import itertools
-import json
-import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .errors import GenieError, exit_status, shown
 from .files import check_output_folder, folder_lock
-from .sweep_results import RESULT_FILE, collect, load_results, print_collected, write_results
-from .validate import SECONDS, OneLineParser, apply_option_ranges, check_bool, check_float
+from .sweep_results import RESULT_FILE, SUCCEEDED, collect, load_results, print_collected, write_results
+from .sweep_state import summary_line
+from .validate import (CONNECT_SECONDS, RETRIES, SECONDS, THREADS, WORKERS, OneLineParser, apply_option_ranges,
+                       check_bool, check_float, check_int)
 
 __all__ = ["RESULT_FILE", "build_parser", "check_parameters", "collect", "find_notebook", "load_results", "main",
            "notebook_parameters", "parse_arguments", "parse_assignment", "parse_case", "parse_value", "plan", "sweep",
@@ -205,27 +212,50 @@ def check_parameters(notebook, runs: Iterable) -> None:
 
 def sweep(notebook, runs: Iterable, out_dir, kernel: Optional[str] = None, cwd: Optional[str] = None,
           fail_fast: bool = False, log=print, env: Optional[dict] = None, timeout: Optional[float] = None,
-          on_record=None) -> list:
+          on_record=None, workers=1, threads: Optional[int] = None, scheduler: Optional[str] = None,
+          retries: int = 1, rerun: bool = False, connect_timeout: float = 10.0, callback=None) -> list:
     """Execute ``notebook`` once per ``(name, parameters)`` in ``runs`` with papermill.
 
     Each run gets ``out_dir = OUT/<name>`` injected (so the notebook's ``result.json`` lands
     there) and its executed copy is written to ``OUT/<name>/<notebook name>``. Returns the list
     of records also written to ``OUT/results.json`` and ``OUT/results.csv``. ``env``: extra
     environment variables for the kernels (default: ``GENIE_LIVE=0``, static figures).
-    ``timeout``: seconds per cell. ``log``: called with one line of text per run start and end;
-    ``on_record``: called with each finished run's record (live progress displays). While it
-    runs, ``out_dir`` is locked: a second sweep into it stops at once.
+    ``timeout``: seconds per cell. ``workers``: runs at once on this machine (an int or
+    ``"auto"``, :func:`genie.sweep_exec.local_slots`), ``threads``: threads per run;
+    ``scheduler``: the address of a Dask scheduler to run them on instead; ``retries``: how often
+    a run whose worker died is run again. A run with a valid result of an earlier sweep into
+    ``out_dir`` is reused, not run (status ``reused``), unless ``rerun``
+    (:mod:`genie.sweep_state`). ``log``: called with one line per run start and end (None:
+    silent); ``callback``: the sweep's events (:class:`genie.events.SweepRunEnd`, ...);
+    ``on_record``: each finished run's record. While it runs, ``out_dir`` is locked: a second
+    sweep into it stops at once.
     """
-    timeout = check_float(timeout, "timeout (seconds per cell)", SECONDS, or_none=" or None (no limit)")
-    fail_fast = check_bool(fail_fast, "fail_fast")
+    from .sweep_exec import connect, execute_sweep
+
+    settings = dict(timeout=check_float(timeout, "timeout (seconds per cell)", SECONDS, or_none=" or None (no limit)"),
+                    fail_fast=check_bool(fail_fast, "fail_fast"), rerun=check_bool(rerun, "rerun"),
+                    workers=check_int(workers, "workers", WORKERS), retries=check_int(retries, "retries", RETRIES),
+                    threads=check_int(threads, "threads", THREADS, or_none=" or None (the cores shared out)"),
+                    connect_timeout=check_float(connect_timeout, "connect_timeout", CONNECT_SECONDS),
+                    scheduler=scheduler, kernel=kernel, cwd=cwd, env=dict(env or {"GENIE_LIVE": "0"}))
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise GenieError(f"scheduler must be a Dask scheduler's address (tcp://HOST:PORT), got {shown(scheduler)}")
+    if scheduler and (workers != 1 or threads is not None):
+        raise GenieError("--workers and --threads are for runs on this machine; with --scheduler the cluster's "
+                         "workers run the sweep (start as many as should run at once)")
     notebook = Path(notebook)
     if not notebook.is_file():
         raise GenieError(f"no notebook at {notebook}")
     runs = _checked_runs(runs)
     check_parameters(notebook, runs)
     out = check_output_folder(out_dir, "the sweep's runs", "--out ", files=("results.json", "results.csv"))
-    with folder_lock(out):
-        return _run_all(notebook, runs, out, kernel, cwd, fail_fast, log, env, timeout, on_record)
+    settings["client"] = connect(scheduler, settings["connect_timeout"]) if scheduler else None
+    try:
+        with folder_lock(out):
+            return execute_sweep(notebook, runs, out, settings, log=log, callback=callback, on_record=on_record)
+    finally:
+        if settings["client"] is not None:
+            settings["client"].close()
 
 
 def _checked_runs(runs: Iterable) -> list:
@@ -241,58 +271,6 @@ def _checked_runs(runs: Iterable) -> list:
             raise GenieError(f"two runs are called {item[0]!r}: give every run its own name")
         names.add(item[0])
     return runs
-
-
-def _run_all(notebook: Path, runs: list, out: Path, kernel, cwd, fail_fast: bool, log, env, timeout,
-             on_record) -> list:
-    import papermill as pm
-
-    saved_env = {k: os.environ.get(k) for k in (env or {"GENIE_LIVE": "0"})}
-    os.environ.update(env or {"GENIE_LIVE": "0"})
-    records = []
-    try:
-        for i, (name, params) in enumerate(runs, 1):
-            run_dir = out / name
-            run_dir.mkdir(parents=True, exist_ok=True)
-            result_path = run_dir / RESULT_FILE
-            if result_path.exists():
-                result_path.unlink()
-            injected = {**params, "out_dir": str(run_dir.resolve())}
-            log(f"[{i}/{len(runs)}] {name}: {', '.join(f'{k}={v!r}' for k, v in params.items())}")
-            t0 = time.perf_counter()
-            record = {"run": name, "parameters": params, "notebook": str(run_dir / notebook.name)}
-            try:
-                pm.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=injected,
-                                    kernel_name=kernel, cwd=cwd, progress_bar=False, log_output=False,
-                                    execution_timeout=timeout)
-                record["status"] = "ok"
-            except pm.PapermillExecutionError as exc:
-                record["status"] = "failed"
-                record["error"] = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
-            except Exception as exc:  # the kernel died, a timeout, ...: record it and go on
-                record["status"] = "failed"
-                record["error"] = f"{type(exc).__name__}: {exc}"
-            record["seconds"] = round(time.perf_counter() - t0, 2)
-            if result_path.is_file():
-                record["result"] = json.loads(result_path.read_text())
-            elif record["status"] == "ok":
-                record["status"] = "no result"
-                record["error"] = f"the notebook wrote no {RESULT_FILE} into out_dir"
-            log(f"    {record['status']} in {record['seconds']:.1f} s" + (f": {record['error']}" if "error" in record else ""))
-            records.append(record)
-            write_results(records, out)
-            if on_record is not None:
-                on_record(record)
-            if fail_fast and record["status"] != "ok":
-                break
-    finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    write_results(records, out)
-    return records
 
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
@@ -317,6 +295,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cwd", default=None, help="working directory of the kernels (default: the current one)")
     p.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    p.add_argument("--workers", default=1, metavar="N|auto",
+                   help="runs at once on this machine (auto: one per GPU, each pinned to it, or one per CPU core)")
+    p.add_argument("--threads", default=None, metavar="N", help="threads per run (default: the cores shared out)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run every run as a task of the Dask scheduler at ADDRESS (tcp://HOST:PORT; --out shared)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the scheduler (default 10)")
+    p.add_argument("--retries", default=1, metavar="N", help="runs again of a run whose worker died (default 1)")
+    p.add_argument("--rerun", action="store_true", help="run every run, even those with a valid earlier result")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     p.add_argument("--collect", metavar="DIR", default=None,
                    help="instead of running: combine every results.json below DIR into DIR/summary.json and .csv")
@@ -393,10 +379,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
         for name, params in runs:
             print(f"{name}: {params}")
         return 0
-    records = sweep(args.notebook, runs, args.out, kernel=args.kernel, cwd=args.cwd,
-                    fail_fast=args.fail_fast, timeout=args.cell_timeout)
-    failed = [r["run"] for r in records if r["status"] != "ok"]
-    print(f"{len(records) - len(failed)}/{len(records)} runs ok; results in {Path(args.out) / 'results.json'} and results.csv")
+    records = sweep(args.notebook, runs, args.out, kernel=args.kernel, cwd=args.cwd, fail_fast=args.fail_fast,
+                    timeout=args.cell_timeout, workers=args.workers, threads=args.threads, scheduler=args.scheduler,
+                    retries=args.retries, rerun=args.rerun, connect_timeout=args.connect_timeout)
+    failed = [r["run"] for r in records if r["status"] not in SUCCEEDED]
+    print(f"{summary_line(records, len(runs))}; results in {Path(args.out) / 'results.json'} and results.csv")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed or len(records) < len(runs) else 0

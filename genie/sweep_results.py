@@ -1,18 +1,24 @@
 """What sweeps leave behind: each sweep's ``results.json`` / ``results.csv`` (one entry per run:
 name, parameters, status, the notebook's ``result.json`` record), and ``--collect``'s summary of
-every sweep below a folder as one table with the record's columns (:mod:`genie.record`)."""
+every sweep below a folder as one table with the record's columns (:mod:`genie.record`), plus,
+for sweeps with a ``seed`` axis, the mean and standard deviation of each cell over its seeds."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import statistics
+import typing
 from pathlib import Path
 
 from .errors import GenieError
 from .files import write_atomically, write_json
-from .record import FIELDS, flat_extras, validate_record
+from .record import FIELDS, RunRecord, flat_extras, validate_record
 
 RESULT_FILE = "result.json"  # what each notebook run writes into its out_dir
+SUCCEEDED = ("ok", "reused")  # statuses of a run with its result: run now, or reused from an earlier sweep
+# the record's measured numbers (its float fields): what a cell averages over seeds, with numeric extras
+MEASURES = tuple(name for name, hint in typing.get_type_hints(RunRecord).items() if float in typing.get_args(hint))
 
 
 def _flatten(record: dict) -> dict:
@@ -101,7 +107,47 @@ def collect(root) -> list:
     columns = [*_RUN_COLUMNS, *_RECORD_COLUMNS, *extras, *params, "error", "problem"]
     table = [{c: r.get(c) for c in columns} for r in rows]
     _write_records(table, table, root / "summary.json", root / "summary.csv")
+    cells = seed_cells(table)
+    if cells:
+        _write_records(cells, cells, root / "summary_cells.json", root / "summary_cells.csv")
     return table
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def seed_cells(table: list) -> list:
+    """Per cell of every sweep with a ``seed`` axis (runs of the sweep with two or more values of
+    the ``seed`` parameter): the mean and sample standard deviation (n - 1; None for one seed)
+    over its seeds of each measured number, ``<name>.mean`` and ``<name>.std`` (the record's float
+    fields, :data:`MEASURES`, and numeric ``extra.<name>``). A cell: the runs of one sweep with
+    the same parameters but the seed. Only runs that succeeded with a valid record count:
+    ``seeds`` says how many did, ``seed values`` which."""
+    seeds = {}
+    for r in table:
+        if r.get("param.seed") is not None:
+            seeds.setdefault(r["sweep"], set()).add(json.dumps(r["param.seed"]))
+    groups = {}
+    for r in table:
+        if len(seeds.get(r["sweep"], ())) < 2 or r["status"] not in SUCCEEDED or r.get("problem") \
+                or r.get("param.seed") is None:
+            continue
+        params = tuple((k, json.dumps(v)) for k, v in r.items() if k.startswith("param.") and k != "param.seed")
+        groups.setdefault((r["sweep"], params), []).append(r)
+    cells = []
+    for (sweep_name, params), rows in groups.items():
+        cell = {"sweep": sweep_name, **{k: json.loads(v) for k, v in params}, "seeds": len(rows),
+                "seed values": " ".join(str(r["param.seed"]) for r in rows)}
+        names = [k for k in rows[0] if k in MEASURES or k.startswith("extra.")]
+        for name in names:
+            values = [r.get(name) for r in rows if _number(r.get(name))]
+            if values and len(values) == len(rows):
+                cell[f"{name}.mean"] = statistics.fmean(values)
+                cell[f"{name}.std"] = statistics.stdev(values) if len(values) > 1 else None
+        cells.append(cell)
+    columns = list(dict.fromkeys(k for c in cells for k in c))
+    return [{c: cell.get(c) for c in columns} for cell in cells]
 
 
 def load_results(out_dir) -> list:
@@ -114,7 +160,9 @@ def load_results(out_dir) -> list:
 
 def print_collected(root) -> int:
     """``python -m genie.sweep --collect ROOT``: :func:`collect`, one line per run (its top-1
-    numbers, or why its result is not valid); exit status 0 when every run is ok and valid."""
+    numbers, or why its result is not valid), then one line per cell of a sweep with a seed axis
+    (top-1 mean +- standard deviation over its seeds, :func:`seed_cells`); exit status 0 when
+    every run succeeded (ok or reused) with a valid result."""
     rows = collect(root)
     for r in rows:
         numbers = ", ".join(f"{k}={v:.2f}" for k, v in r.items()
@@ -122,7 +170,16 @@ def print_collected(root) -> int:
         where = r["sweep"] if r["run"] is None else f"{r['sweep']}/{r['run']}"
         print(f"{where}: {r['status']}" + (f"  {numbers}" if numbers else "")
               + (f"\n    not a valid result: {r['problem']}" if r["problem"] else ""))
+    cells = seed_cells(rows)
+    for c in cells:
+        where = " ".join([c["sweep"]] + [f"{k[len('param.'):]}={v}" for k, v in c.items() if k.startswith("param.")])
+        top1 = [k[:-len(".mean")] for k in c if k.endswith("top1.mean")]
+        numbers = ", ".join(f"{k}={c[k + '.mean']:.2f} +- "
+                            + ("n/a" if c[k + ".std"] is None else f"{c[k + '.std']:.2f}") for k in top1)
+        print(f"{where} over {c['seeds']} seeds ({c['seed values']}): {numbers or 'no top-1 numbers'}")
     invalid = sum(1 for r in rows if r["problem"])
     print(f"{len(rows)} runs" + (f", {invalid} without a valid result" if invalid else "")
-          + f"; wrote {Path(root) / 'summary.json'} and summary.csv")
-    return 0 if all(r["status"] == "ok" and not r["problem"] for r in rows) else 1
+          + f"; wrote {Path(root) / 'summary.json'} and summary.csv"
+          + (f", mean and standard deviation over seeds of {len(cells)} cells in summary_cells.json and .csv"
+             if cells else ""))
+    return 0 if all(r["status"] in SUCCEEDED and not r["problem"] for r in rows) else 1

@@ -205,6 +205,10 @@ POSITIVE = Range(float, 0.0, low_open=True)
 BUDGET_BITS = Range(float, 0.0, low_open=True, expected="a positive number of bits per weight (e.g. 2.5)")
 SECONDS = Range(float, 0.0, 1e6, low_open=True, note="seconds; omit the option for no limit")
 W_BITS = Range(int, 2, 8, words=("mixed",))
+WORKERS = Range(int, 1, 1024, words=("auto",), note="notebooks run at once")
+THREADS = Range(int, 1, 1024, note="threads per run")
+RETRIES = Range(int, 0, 100, note="runs again after its worker died")
+CONNECT_SECONDS = Range(float, 0.0, 3600.0, low_open=True, note="seconds to wait for the scheduler")
 
 # every numeric option of `python -m genie` and `python -m genie.sweep`, by its dest (the
 # RunConfig field, where there is one): the parsers take their types from here
@@ -226,6 +230,10 @@ OPTION_RANGES = {
     "sensitivity_samples": COUNT,
     "image_size": IMAGE_SIZE,
     "cell_timeout": SECONDS,
+    "workers": WORKERS,
+    "threads": THREADS,
+    "retries": RETRIES,
+    "connect_timeout": CONNECT_SECONDS,
 }
 LIST_OPTIONS = ("w_candidates",)  # options that take numbers separated by commas
 

@@ -21,8 +21,8 @@ seconds.
 
 Modules: :mod:`~genie.viz.display` (display mode, showing figures and text),
 :mod:`~genie.viz.figures` (static figures and tables), :mod:`~genie.viz.views` (live views and
-their base class), :mod:`~genie.viz.monitors` (the monitors of distillation, reconstruction and
-a pipeline run), :mod:`~genie.viz.panel` (the control panel), :mod:`~genie.viz.mixed` (the
+their base class), :mod:`~genie.viz.monitors` (the monitors of distillation, reconstruction,
+a pipeline run and a sweep), :mod:`~genie.viz.panel` (the control panel), :mod:`~genie.viz.mixed` (the
 figures and the budget slider of mixed precision), :mod:`~genie.viz.deploy` (onnxruntime's
 kernels and latency per exported file), :mod:`~genie.viz.notebook` (notebook set-up).
 Everything public is importable from ``genie.viz`` itself.
@@ -55,7 +55,7 @@ from .mixed import (
     sensitivity_figure,
     sensitivity_label,
 )
-from .monitors import DistillMonitor, PipelineMonitor, ReconMonitor
+from .monitors import DistillMonitor, PipelineMonitor, ReconMonitor, SweepMonitor
 from .notebook import notebook_setup, picker
 from .panel import RunPanel
 from .views import BlockErrorChart, ImageGridView, LiveLines, Progress
@@ -73,6 +73,7 @@ __all__ = [
     "Progress",
     "ReconMonitor",
     "RunPanel",
+    "SweepMonitor",
     "accuracy_memory_figure",
     "bar_figure",
     "bits_figure",

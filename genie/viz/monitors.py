@@ -1,15 +1,17 @@
 """The monitors of genie's steps, made of live views (:mod:`genie.viz.views`): distillation
-(:class:`DistillMonitor`), block reconstruction (:class:`ReconMonitor`) and a whole pipeline run
-(:class:`PipelineMonitor`). Each is one event callback; closing it closes its views, which then
-show their final figures. Units: iterations are optimisation steps; the BNS loss is
-dimensionless (:mod:`genie.distill.bns`); reconstruction losses are squared errors.
+(:class:`DistillMonitor`), block reconstruction (:class:`ReconMonitor`), a whole pipeline run
+(:class:`PipelineMonitor`) and a sweep of notebook runs (:class:`SweepMonitor`). Each is one
+event callback; closing it closes its views, which then show their final figures. Units:
+iterations are optimisation steps; the BNS loss is dimensionless (:mod:`genie.distill.bns`);
+reconstruction losses are squared errors.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 from ..distill.schedule import snapshot_schedule
-from ..events import BatchDone, DistillProgress, DistillSnapshot, UnitEnd, UnitProgress, UnitRestored, UnitStart
+from ..events import (BatchDone, DistillProgress, DistillSnapshot, SweepEnd, SweepRunEnd, SweepRunStart, UnitEnd,
+                      UnitProgress, UnitRestored, UnitStart)
 from .views import BlockErrorChart, ImageGridView, LiveLines, Progress, _View
 
 
@@ -125,3 +127,39 @@ class PipelineMonitor(_View):
             if self.recon is None:
                 self.recon = ReconMonitor(self.recon_iters, getattr(event, "total", None), live=self.live)
             self.recon(event)
+
+
+class SweepMonitor(_View):
+    """Live view of a sweep (``genie.sweep.sweep(..., callback=monitor)``): a progress bar over
+    its runs whose status line names the last run that ended (its status and seconds) and the
+    runs in progress; at the end one line with the counts (skipped, finished, retried, failed)."""
+
+    def __init__(self, total: int, title: str = "papermill runs", live: Optional[bool] = None):
+        super().__init__(live)
+        self.progress = Progress(total, title, live=self.live)
+        self.running: list = []
+        self.last = ""
+
+    def _parts(self):
+        return (self.progress,)
+
+    def _status(self) -> str:
+        busy = f"running: {', '.join(self.running)}" if self.running else ""
+        return "; ".join(t for t in (self.last, busy) if t)
+
+    def __call__(self, event) -> None:
+        if isinstance(event, SweepRunStart):
+            self.running.append(event.run)
+            self.progress.update(text=self._status())
+        elif isinstance(event, SweepRunEnd):
+            if event.run in self.running:
+                self.running.remove(event.run)
+            self.last = f"[{event.done}/{event.total}] {event.run}: {event.status}"
+            if event.status != "reused" and event.seconds is not None:
+                self.last += f" in {event.seconds:.0f} s"
+            if event.attempts > 1:
+                self.last += f" (attempt {event.attempts})"
+            self.progress.update(event.done, self._status())
+        elif isinstance(event, SweepEnd):
+            self.progress.update(text=f"{event.skipped} skipped (earlier results reused), {event.finished} finished, "
+                                      f"{event.retried} retried, {event.failed} failed")
