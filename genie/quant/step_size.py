@@ -182,21 +182,18 @@ def _coarse_to_fine(values: torch.Tensor, scales: torch.Tensor, qrange: tuple, p
     ``{index: error}``: every ``_COARSE_STRIDE``-th candidate, then every one within a stride of the
     best of those. A third of the work of all ``R``; its minimum places the window of the exact
     errors, which then moves to their minimum."""
-    num = len(scales)
-    errors = torch.full((num,), float("inf"), dtype=torch.float64, device=values.device)
+    num, errors = len(scales), {}
 
-    def measure(idx: torch.Tensor) -> None:
+    def measure(idx: list) -> None:
         err = torch.zeros(len(idx), dtype=torch.float64, device=values.device)
         _lp_errors(values, scales[idx], *qrange, p, err)
-        errors[idx] = err
+        errors.update(zip(idx, err.tolist()))
 
-    coarse = torch.arange(0, num, _COARSE_STRIDE, device=values.device)
-    measure(coarse)
-    best = int(coarse[torch.argmin(errors[coarse])])
-    fine = torch.arange(max(0, best - _COARSE_STRIDE + 1), min(num, best + _COARSE_STRIDE), device=values.device)
-    measure(fine[fine % _COARSE_STRIDE != 0])
-    known = torch.cat([coarse, fine[fine % _COARSE_STRIDE != 0]]).sort().values
-    return dict(zip(known.tolist(), errors[known].tolist()))
+    measure(list(range(0, num, _COARSE_STRIDE)))
+    best = min(errors, key=errors.__getitem__)  # keys ascending: the first minimum wins ties
+    around = range(max(0, best - _COARSE_STRIDE + 1), min(num, best + _COARSE_STRIDE))
+    measure([i for i in around if i not in errors])
+    return dict(sorted(errors.items()))
 
 
 def search_act_scale(x: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int = 100,
@@ -212,10 +209,11 @@ def search_act_scale(x: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int 
     the exact minimum sits on its edge. The result is the exact search's answer whenever the exact
     error has one minimum near the estimate's (the Lp error of a large tensor is a smooth function
     of the ratio; on the activations of the CIFAR ResNets at 16-1024 images and 2-8 bits, 652
-    searches gave the answer of a full ranking of all ``num`` ratios on the same draw); it costs about ``0.3 num * S / n + 3`` passes instead of
-    ``num``. Zeros (half of a ReLU's output) have no error at any step size and are skipped. A tensor of more than ``exact_limit`` values (activations of hundreds of ImageNet
-    images reach 10^8-10^9) has those errors measured on ``exact_limit`` values drawn by
-    ``generator`` (the range still comes from every value): a mean over 3*10^7 values ranks
+    searches gave the answer of a full ranking of all ``num`` ratios on the same draw); it costs
+    about ``0.3 num * S / n + 3`` passes instead of ``num``. Zeros (half of a ReLU's output) have
+    no error at any step size and are skipped. A tensor of more than ``exact_limit`` values
+    (more than ``2 S``; activations of hundreds of ImageNet images reach 10^8-10^9) has those
+    errors measured on ``exact_limit`` values drawn by ``generator`` (the range still comes from every value): a mean over 3*10^7 values ranks
     neighbouring ratios as the full mean does, at a fraction of the time.
     ``always_signed``: a signed range (zero point 0 in int8) even when ``x`` has no negatives.
     """
@@ -227,20 +225,21 @@ def search_act_scale(x: torch.Tensor, bits: int, p: float = DEFAULT_P, num: int 
         return search.result()
     scales = search.scales()
     qrange = act_qrange(bits, search.signed)
-    exact = {}
-    if flat.numel() <= 2 * sample:  # few values: the estimate is on all of them, so exact
-        exact = _coarse_to_fine(flat[flat != 0], scales, qrange, p)
-        estimate = exact
+    if flat.numel() <= 2 * sample:  # few values: ranked on all of them, so these errors are exact
+        values = flat[flat != 0]
+        exact = _coarse_to_fine(values, scales, qrange, p)
+        centre = min(exact, key=exact.__getitem__)  # keys ascending: the first minimum wins ties
     else:
         drawn = flat[torch.randint(flat.numel(), (sample,), generator=generator, device=flat.device)]
         estimate = _coarse_to_fine(drawn[drawn != 0], scales, qrange, p)  # zeros add no error: skipped
-    centre = min(estimate, key=estimate.__getitem__)  # keys ascending: the first minimum wins ties
-    if flat.numel() > exact_limit:
-        # runs of _RUN consecutive values at random places: copying runs is ~15x faster than
-        # gathering single values, and a run (in memory order) spans every channel
-        runs = flat[: flat.numel() // _RUN * _RUN].view(-1, _RUN)
-        flat = runs[torch.randint(len(runs), (exact_limit // _RUN,), generator=generator, device=flat.device)].view(-1)
-    values = flat[flat != 0]
+        centre, exact = min(estimate, key=estimate.__getitem__), {}
+        if flat.numel() > exact_limit:
+            # runs of _RUN consecutive values at random places: copying runs is ~15x faster than
+            # gathering single values, and a run (in memory order) spans every channel
+            runs = flat[: flat.numel() // _RUN * _RUN].view(-1, _RUN)
+            flat = runs[torch.randint(len(runs), (exact_limit // _RUN,), generator=generator,
+                                      device=flat.device)].view(-1)
+        values = flat[flat != 0]
 
     def measure(lo: int, hi: int) -> None:
         todo = [i for i in range(max(0, lo), min(num, hi)) if i not in exact]
