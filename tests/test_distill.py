@@ -120,6 +120,7 @@ def test_host_swing_crop_matches_the_device_crop():
             x.requires_grad_(True)
             want, got = swing_crop(x, offsets), swing_crop_host(x, offsets)
             assert torch.equal(got, want), offsets.tolist()
+            assert got.is_contiguous(memory_format=layout)  # the layout the strided convolution was given
             up = torch.randn(want.shape, dtype=torch.float64, generator=g)
             (grad_want,), (grad_got,) = torch.autograd.grad(want, x, up), torch.autograd.grad(got, x, up)
             assert torch.allclose(grad_got, grad_want, rtol=0, atol=1e-12), offsets.tolist()
@@ -317,6 +318,82 @@ def test_group_std_mean_gradient_matches_autograd():
     std, mean = GroupStdMean.apply(grouped)
     ref_std, ref_mean = torch.std_mean(grouped.detach().contiguous(), dim=(1, 3, 4))
     assert torch.allclose(std, ref_std) and torch.allclose(mean, ref_mean)
+
+
+def test_folded_teacher_gives_the_unfolded_bns_losses_and_input_gradients():
+    """The distillation teacher with BatchNorm folded into its convolutions: per-layer BNS losses,
+    logits and the gradient with respect to the images equal the unfolded teacher's (float64,
+    CIFAR ResNet-20 with random BN statistics), under the same layer names."""
+    from genie.distill.folded_teacher import FoldedBatchNorm, fold_teacher_batchnorm
+    from genie.models.cifar_resnet import CifarResNet
+
+    torch.manual_seed(0)
+    model = CifarResNet(20).double().eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.2, 3)
+            bn.weight.uniform_(-1.5, 1.5)  # negative scales too: std(x) = std(y) / |a|
+            bn.bias.uniform_(-0.5, 0.5)
+    folded = copy.deepcopy(model)
+    names = fold_teacher_batchnorm(folded)
+    assert len(names) == 19 and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert all(isinstance(folded.get_submodule(n), FoldedBatchNorm) for n in names)
+    x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
+    results = []
+    for teacher in (model, folded):
+        images = x.clone().requires_grad_(True)
+        stats = BNStatsLoss(teacher, group_size=4)
+        logits = teacher(images)
+        per_layer = stats.per_layer()
+        (grad,) = torch.autograd.grad(per_layer.sum() + logits.square().sum(), images)
+        results.append((stats.names, per_layer.detach(), logits.detach(), grad))
+        stats.remove()
+    (names_a, *plain), (names_b, *fold) = results
+    assert names_a == names_b
+    for a, b in zip(plain, fold):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_batchnorm_folds_only_where_its_statistics_survive_float32():
+    """A channel whose offset swamps its spread (gamma near 0) keeps its BatchNorm; so does every
+    layer of a model torch.fx cannot trace (pairs would be guessed)."""
+    from genie.distill.folded_teacher import MAX_OFFSET_RATIO, fold_teacher_batchnorm
+
+    model = Tiny().eval()
+    with torch.no_grad():
+        model.bn2.running_var.fill_(1.0)
+        model.bn2.running_mean.fill_(0.0)
+        model.bn2.bias.fill_(1.0)
+        model.bn2.weight[3] = 0.5 / MAX_OFFSET_RATIO  # |b| / (|a| (|mu| + sigma)) about 2 * MAX_OFFSET_RATIO
+    assert fold_teacher_batchnorm(copy.deepcopy(model)) == ["bn1"]
+    model.bn2.weight.data[3] = 0.0
+    assert fold_teacher_batchnorm(copy.deepcopy(model)) == ["bn1"]
+    model.bn2.weight.data[3] = 2.0 / MAX_OFFSET_RATIO  # ratio about MAX_OFFSET_RATIO / 2: folds
+    assert fold_teacher_batchnorm(copy.deepcopy(model)) == ["bn1", "bn2"]
+
+    class Untraceable(Tiny):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                x = -x
+            return super().forward(x)
+
+    assert fold_teacher_batchnorm(Untraceable().eval()) == []
+
+
+def test_distillation_with_the_folded_teacher_follows_the_unfolded_one(tiny, monkeypatch):
+    """The folding is a speed-up only: the same losses and images as the unfolded teacher, to
+    float32 rounding over a few steps."""
+    import genie.distill.distiller as distiller
+
+    kwargs = dict(num_images=16, batch_size=8, iters=6, seed=3, progress=False)
+    folded = distill(tiny, 8, **kwargs)
+    assert isinstance(tiny.bn1, nn.BatchNorm2d)  # the caller's model keeps its BatchNorm
+    monkeypatch.setattr(distiller, "fold_teacher_batchnorm", lambda work: [])
+    plain = distill(tiny, 8, **kwargs)
+    assert folded.layer_names == plain.layer_names == ["bn1", "bn2"]
+    assert torch.allclose(folded.losses, plain.losses, rtol=1e-4)
+    assert torch.allclose(folded.images, plain.images, atol=1e-4, rtol=1e-4)
 
 
 def test_load_distilled_rejects_other_files(tmp_path):

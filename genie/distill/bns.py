@@ -16,6 +16,7 @@ from torch import nn
 
 from ..devices import is_channels_last
 from ..errors import GenieError
+from .folded_teacher import FoldedBatchNorm
 
 BN_EPS = 1e-6
 
@@ -53,12 +54,19 @@ class GroupStdMean(torch.autograd.Function):
         return torch.addcmul(shift.view(g, 1, c, 1, 1), x, scale.view(g, 1, c, 1, 1))
 
 
+def bn_layers(model: nn.Module) -> list:
+    """``[(name, module)]`` of the layers the BNS loss reads: every ``BatchNorm2d``, and every
+    :class:`~genie.distill.folded_teacher.FoldedBatchNorm` of a folded teacher, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.BatchNorm2d, FoldedBatchNorm))]
+
+
 class BNStatsLoss:
-    """Forward pre-hooks on every BatchNorm2d of ``model`` that compute the per-group BNS loss of
-    the last forward pass. ``per_layer()`` -> ``(groups, layers)``; ``total()`` -> ``(groups,)``."""
+    """Forward pre-hooks on every BatchNorm2d of ``model`` (or what stands for one in a folded
+    teacher) that compute the per-group BNS loss of the last forward pass.
+    ``per_layer()`` -> ``(groups, layers)``; ``total()`` -> ``(groups,)``."""
 
     def __init__(self, model: nn.Module, group_size: int):
-        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        self.layers = bn_layers(model)
         if not self.layers:
             raise GenieError(
                 f"{type(model).__name__} has no BatchNorm2d layer: GENIE-D distils data from BatchNorm "
@@ -80,6 +88,8 @@ class BNStatsLoss:
             n, c = x.shape[:2]
             grouped = x.unflatten(0, (n // self.group_size, self.group_size))  # (G, n, C, H, W), a view
             std, mean = GroupStdMean.apply(grouped)  # (G, C) each, unbiased std
+            if isinstance(bn, FoldedBatchNorm):  # x is the folded output a * input + b
+                std, mean = bn.input_stats(std, mean)
             target_std = torch.sqrt(bn.running_var + BN_EPS)
             self._losses[index] = ((mean - bn.running_mean).pow(2).sum(1) + (std - target_std).pow(2).sum(1)) / c
 

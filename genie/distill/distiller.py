@@ -12,6 +12,7 @@ a strategy class in :data:`STRATEGIES` (name -> class); the loop around them is 
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
@@ -29,9 +30,10 @@ from ..optim import DeviceAdam
 from ..seeding import cpu_generator, derive_seed
 from ..validate import COUNT, IMAGE_SIZE, NON_NEGATIVE, PROBABILITY, SEED, check_bool, check_float, check_int, \
     check_module, merged_config
-from .bns import BNStatsLoss, input_stats_loss
+from .bns import BNStatsLoss, bn_layers, input_stats_loss
 from .checkpoints import Checkpoints, model_fingerprint
 from .dataset import DistilledSet
+from .folded_teacher import fold_teacher_batchnorm
 from .strategies import DEFAULT_ITERS, DISTILLERS, STRATEGIES
 from .swing import SwingControl, apply_swing, set_swing
 
@@ -234,7 +236,11 @@ def distill(
     require_finite_model(model, f"{type(model).__name__} (its weights or BatchNorm statistics)")
     require_positive_bn_variance(model, type(model).__name__)
     device = model_device(model)
-    work = teacher_layout(apply_swing(model).eval(), device)
+    # the step's teacher: a copy, BatchNorm folded into the convolutions where the statistics
+    # survive it (one elementwise pass less each way per layer), swing-wrapped, in the CPU layout
+    work = copy.deepcopy(model).eval()
+    fold_teacher_batchnorm(work)
+    work = teacher_layout(apply_swing(work, copy_model=False).eval(), device)
     for p in work.parameters():
         p.requires_grad_(False)
     sizes = cfg.batch_sizes()
@@ -251,7 +257,7 @@ def distill(
     per_chunk = cfg.concurrent_batches or (len(todo) if device.type == "cuda" else 1)
     bar = progress_bar(cfg.total_iters * len(todo), "distill", show=progress)
     t_start = time.perf_counter()
-    layer_names = [n for n, m in work.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    layer_names = [n for n, _ in bn_layers(work)]
     run = _DistillRun(work, cfg, image_size, device, callback, bar, report_every, snapshot_at, cuda_graph)
     try:
         for chunk in _chunks(todo, sizes, max(1, per_chunk)):
