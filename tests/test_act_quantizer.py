@@ -85,3 +85,18 @@ def test_bernoulli_mask_rate(p):
     a = bernoulli_mask(like, 0.5, torch.Generator().manual_seed(2))
     b = bernoulli_mask(like, 0.5, torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 1.0])
+def test_bernoulli_mask_on_cpu_is_the_low_seven_bytes_of_each_word_under_the_threshold(p):
+    """The CPU mask's documented construction, so runs stay reproducible across versions: the
+    generator's int64 words, bytes 0-6 of each (in memory order), each True when < round(256 p);
+    laid out as ``like`` (channels-last here)."""
+    like = torch.empty(3, 5, 4, 6).contiguous(memory_format=torch.channels_last)
+    got = bernoulli_mask(like, p, torch.Generator().manual_seed(4))
+    n = like.numel()
+    words = torch.empty(-(-n // 7), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(4))
+    data = words.numpy().tobytes()
+    bytes_ = [data[8 * i + j] for i in range(len(words)) for j in range(7)][:n]
+    want = torch.tensor([b < round(256 * p) for b in bytes_]).view(3, 4, 6, 5).permute(0, 3, 1, 2)
+    assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)

@@ -69,7 +69,7 @@ class LSQFakeQuant(torch.autograd.Function):
             # a kept element is x itself (gradient 1) or the constant fp_value (gradient 0)
             passes = inside | keep_fp if fp_value is None else inside & ~keep_fp
             if ds_local is not None:
-                ds_local.mul_(keep.neg_().add_(1.0))
+                ds_local.addcmul_(ds_local, keep, value=-1.0)  # ds * (1 - keep) in one pass, exactly
         ctx.save_for_backward(passes, ds_local)  # the mask stays boolean: a quarter of the memory
         ctx.scale_shape = scale.shape
         return y
@@ -113,6 +113,10 @@ def bernoulli_mask(like: torch.Tensor, p: float, generator: Optional[torch.Gener
     else:
         n = like.numel()
         words = torch.empty(-(-n // 7), dtype=torch.int64).random_(generator=generator)
-        uniform_bytes = words.view(torch.uint8).view(-1, 8)[:, :7].reshape(-1)[:n]
-        mask = (uniform_bytes.to(torch.int16) < round(p * 256)).view(shape)
+        threshold = round(p * 256)
+        if threshold >= 256:  # p resolved to 1: no byte reaches 256 (and uint8 cannot hold it)
+            mask = torch.ones(shape, dtype=torch.bool)
+        else:
+            # compared in place on the strided (words, 7) view: no copy of the bytes, no wider type
+            mask = (words.view(torch.uint8).view(-1, 8)[:, :7] < threshold).view(-1)[:n].view(shape)
     return mask.permute(0, 3, 1, 2) if channels_last else mask
