@@ -86,6 +86,32 @@ def test_regularizer_is_zero_at_binary_softbits_and_positive_between():
     assert abs(q.round_regularizer(2.0).item() - q.softbits.numel()) < 1e-3
 
 
+@pytest.mark.parametrize("beta", [0.7, 2.0, 5.5, 20.0])
+def test_rounding_regularizer_matches_the_composed_formula(beta):
+    """Eq. 15's regulariser as one autograd function: the value and gradient of
+    sum(1 - |2h - 1|^beta) composed in autograd, in float64, including h = 0, 1/2 and 1 (where
+    d = 2h - 1 is 0 the gradient is 0)."""
+    from genie.quant.fake_quant import rounding_regularizer
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(5, 3, 3, 3, dtype=torch.float64, generator=g)
+    h.view(-1)[:3] = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    results = []
+    for fn in (lambda t: rounding_regularizer(t, beta), lambda t: (1.0 - (2.0 * t - 1.0).abs().pow(beta)).sum()):
+        t = h.clone().requires_grad_(True)
+        value = fn(t)
+        (grad,) = torch.autograd.grad(value, t)
+        results.append((value.detach(), grad))
+    (v_fused, g_fused), (v_composed, g_composed) = results
+    assert torch.allclose(v_fused, v_composed, rtol=1e-12)
+    assert g_fused.view(-1)[1] == 0.0
+    finite = torch.isfinite(g_composed)  # beta < 1: the composed gradient at d = 0 is NaN
+    assert torch.allclose(g_fused[finite], g_composed[finite], rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(g_fused).all()
+    t = (h[1:] * 0.9 + 0.05).clone().requires_grad_(True)  # away from d = 0 for the finite differences
+    assert torch.autograd.gradcheck(lambda x: rounding_regularizer(x, beta), (t,))
+
+
 def test_nearest_rounds_to_nearest():
     q, w = _quantizer("nearest")
     expected = (torch.clamp(torch.round(w / q.scale) + q.zero_point, 0, 15) - q.zero_point) * q.scale

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fake_quant import inverse_rectified_sigmoid, rectified_sigmoid
+from .fake_quant import inverse_rectified_sigmoid, rectified_sigmoid, rounding_regularizer
 from .step_size import DEFAULT_P, quantize_asymmetric, search_weight_scale
 
 WEIGHT_METHODS = ("genie", "adaround", "nearest")
@@ -133,7 +133,7 @@ class WeightQuantizer(nn.Module):
 
     def round_regularizer(self, beta: float) -> torch.Tensor:
         """Eq. 15's ``sum(1 - |2 h(V) - 1|^beta)``: 0 when every softbit is 0 or 1."""
-        return (1.0 - (2.0 * self.soft_offset() - 1.0).abs().pow(beta)).sum()
+        return rounding_regularizer(self.soft_offset(), beta)
 
     def _require_set_up(self) -> None:
         if self._state == "unset":
