@@ -240,7 +240,7 @@ def distill(
     # survive it (one elementwise pass less each way per layer), swing-wrapped, in the CPU layout
     work = copy.deepcopy(model).eval()
     fold_teacher_batchnorm(work)
-    work = teacher_layout(apply_swing(work, copy_model=False).eval(), device)
+    work = teacher_layout(apply_swing(work, copy_model=False), device)
     for p in work.parameters():
         p.requires_grad_(False)
     sizes = cfg.batch_sizes()

@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..quant.bn_fold import bn_factor, conv_bn_pairing, fold_conv_bn
+from ..quant.bn_fold import _set_submodule, bn_factor, conv_bn_pairing, fold_conv_bn
 
 # largest |b| / (|a| (|running_mean| + sigma)) of a folded channel: float32 then keeps the
 # statistics of the BatchNorm's input to about 1000 * 2^-24 = 6e-5 of their scale, at worst
@@ -58,14 +58,20 @@ class FoldedBatchNorm(nn.Module):
         return std / self.scale.abs(), (mean - self.shift) / self.scale
 
 
+def _bn_map(bn: nn.BatchNorm2d):
+    """``(a, b)`` per channel ``(C,)``: the eval-mode BatchNorm is ``y = a * x + b``, with ``x`` the
+    convolution's output (its own bias included)."""
+    a = bn_factor(bn)
+    beta = bn.bias if bn.affine else torch.zeros_like(a)
+    return a, beta - a * bn.running_mean
+
+
+@torch.no_grad()
 def foldable(bn: nn.BatchNorm2d) -> bool:
     """Whether folding ``bn`` keeps its input statistics to float32 rounding (module docstring)."""
-    with torch.no_grad():
-        a = bn_factor(bn)
-        beta = bn.bias if bn.affine else torch.zeros_like(a)
-        shift = beta - a * bn.running_mean
-        spread = a.abs() * (bn.running_mean.abs() + torch.sqrt(bn.running_var + bn.eps))
-        return bool((a != 0).all() and (shift.abs() <= MAX_OFFSET_RATIO * spread).all())
+    a, shift = _bn_map(bn)
+    spread = a.abs() * (bn.running_mean.abs() + torch.sqrt(bn.running_var + bn.eps))
+    return bool((a != 0).all() and (shift.abs() <= MAX_OFFSET_RATIO * spread).all())
 
 
 @torch.no_grad()
@@ -74,12 +80,9 @@ def fold_teacher_batchnorm(model: nn.Module) -> list:
     and passes :func:`foldable` into that convolution, leaving a :class:`FoldedBatchNorm` in its
     place. Returns the names of the folded BatchNorms (none when torch.fx cannot trace the
     model: pairs guessed from registration order are not trusted here)."""
-    try:
-        with warnings.catch_warnings():  # an untraceable model is distilled unfolded: nothing to warn about
-            warnings.simplefilter("ignore")
-            pairing = conv_bn_pairing(model)
-    except Exception:  # a model the pairing cannot even guess for: distil it unfolded
-        return []
+    with warnings.catch_warnings():  # an untraceable model is distilled unfolded: nothing to warn about
+        warnings.simplefilter("ignore")
+        pairing = conv_bn_pairing(model)
     if pairing.guessed is not None:
         return []
     folded = []
@@ -87,12 +90,8 @@ def fold_teacher_batchnorm(model: nn.Module) -> list:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         if pairing.calls.get(conv_name, 0) != 1 or pairing.calls.get(bn_name, 0) != 1 or not foldable(bn):
             continue
-        a = bn_factor(bn)
-        beta = bn.bias if bn.affine else torch.zeros_like(a)
-        shift = beta - a * bn.running_mean  # y = a x + shift, x the convolution's output (its own bias included)
-        replacement = FoldedBatchNorm(bn, a, shift)
+        replacement = FoldedBatchNorm(bn, *_bn_map(bn))
         fold_conv_bn(conv, bn)
-        parent_name, _, child = bn_name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+        _set_submodule(model, bn_name, replacement)
         folded.append(bn_name)
     return folded
