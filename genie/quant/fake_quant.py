@@ -124,18 +124,13 @@ def lsq_fake_quant_reference(x, scale, qmin: int, qmax: int, keep_fp: Optional[t
     return torch.where(keep_fp, x if fp_value is None else fp_value.detach(), y)
 
 
-# row b: the 8 bits of byte b, least significant first, as 0/1 bytes
-_BYTE_BITS = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(torch.uint8)
-
-
 def bernoulli_mask(like: torch.Tensor, p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
     """Boolean mask shaped (and laid out) like ``like``, each element True with probability ``p``.
 
     On CUDA: ``rand < p``. On CPUs, where drawing one float per element dominates a QDrop step,
-    random 64-bit words are cut into bits: at ``p = 0.5`` (QDrop's default) each element is one
-    bit of a word drawn over all 64 bits; otherwise each is one byte, 7 per word drawn over
-    ``[0, 2^63)`` (whose top byte is not uniform), compared with ``round(256 p)``, so ``p`` is
-    resolved to 1/256 (0, 0.5 and 1 exactly).
+    one random 64-bit word drawn over ``[0, 2^63)`` gives 7 uniform bytes (the top byte is not
+    uniform), each compared with ``round(256 p)``, so ``p`` is resolved to 1/256 (0, 0.5 and 1
+    exactly).
     """
     channels_last = is_channels_last(like)
     shape = (like.shape[0], like.shape[2], like.shape[3], like.shape[1]) if channels_last else like.shape
@@ -143,16 +138,11 @@ def bernoulli_mask(like: torch.Tensor, p: float, generator: Optional[torch.Gener
         mask = torch.rand(shape, generator=generator, device=like.device) < p
     else:
         n = like.numel()
+        words = torch.empty(-(-n // 7), dtype=torch.int64).random_(generator=generator)  # drawn for every p
         threshold = round(p * 256)
         if threshold >= 256:  # p resolved to 1: no byte reaches 256 (and uint8 cannot hold it)
             mask = torch.ones(shape, dtype=torch.bool)
-        elif threshold == 128:  # one fair bit per element: 8x fewer random words than bytes
-            # over [-2^63, 2^63 - 1): every bit uniform (one value of 2^64 left out)
-            words = torch.empty(-(-n // 64), dtype=torch.int64).random_(-(2**63), 2**63 - 1, generator=generator)
-            bits = _BYTE_BITS.index_select(0, words.view(torch.uint8).long())  # (bytes, 8): a lookup, not 8 shifts
-            mask = bits.view(-1)[:n].view(torch.bool).view(shape)
         else:
-            words = torch.empty(-(-n // 7), dtype=torch.int64).random_(generator=generator)
             # compared in place on the strided (words, 7) view: no copy of the bytes, no wider type
             mask = (words.view(torch.uint8).view(-1, 8)[:, :7] < threshold).view(-1)[:n].view(shape)
     return mask.permute(0, 3, 1, 2) if channels_last else mask
