@@ -15,8 +15,9 @@ def _initialized(x, bits=4):
     return q
 
 
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32], ids=["bool-mask", "01-mask"])
 @pytest.mark.parametrize("with_mask,with_source", [(False, False), (True, False), (True, True)])
-def test_lsq_function_matches_composed_reference(with_mask, with_source):
+def test_lsq_function_matches_composed_reference(with_mask, with_source, mask_dtype):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, 5, 5, generator=g) * 3
     # values rounding exactly onto qmin/qmax sit on the clamp's edge, where the composed
@@ -30,7 +31,8 @@ def test_lsq_function_matches_composed_reference(with_mask, with_source):
     for fn in (lsq_fake_quant, lsq_fake_quant_reference):
         xi = x.clone().requires_grad_()
         s = torch.tensor(0.4, requires_grad=True)
-        y = fn(xi, s, -8, 7, keep, fp_value)
+        # the fused function takes the mask as bool or as 0/1 floats; the reference takes bool
+        y = fn(xi, s, -8, 7, keep.to(mask_dtype) if fn is lsq_fake_quant and with_mask else keep, fp_value)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         outs.append(y.detach())
         grads.append((xi.grad, s.grad))
@@ -100,3 +102,7 @@ def test_bernoulli_mask_on_cpu_is_the_low_seven_bytes_of_each_word_under_the_thr
     flags = [data[8 * i + j] < round(256 * p) for i in range(len(words)) for j in range(7)][:n]
     want = torch.tensor(flags).view(3, 4, 6, 5).permute(0, 3, 1, 2)
     assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
+    # as 0/1 floats (the form the reconstruction uses on every device): the same draws
+    as_floats = bernoulli_mask(like, p, torch.Generator().manual_seed(4), dtype=torch.float32)
+    assert as_floats.dtype == torch.float32 and as_floats.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(as_floats, want.float())

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from genie.quant.fake_quant import GAMMA, ZETA, rectified_sigmoid
+from genie.quant.soft_rounding import GAMMA, ZETA, rectified_sigmoid
 from genie.quant.weight_quantizer import WeightQuantizer
 
 
@@ -91,7 +91,7 @@ def test_rounding_regularizer_matches_the_composed_formula(beta):
     """Eq. 15's regulariser as one autograd function: the value and gradient of
     sum(1 - |2h - 1|^beta) composed in autograd, in float64, including h = 0, 1/2 and 1 (where
     d = 2h - 1 is 0 the gradient is 0)."""
-    from genie.quant.fake_quant import rounding_regularizer
+    from genie.quant.soft_rounding import rounding_regularizer
 
     g = torch.Generator().manual_seed(0)
     h = torch.rand(5, 3, 3, 3, dtype=torch.float64, generator=g)
@@ -110,6 +110,41 @@ def test_rounding_regularizer_matches_the_composed_formula(beta):
     assert torch.isfinite(g_fused).all()
     t = (h[1:] * 0.9 + 0.05).clone().requires_grad_(True)  # away from d = 0 for the finite differences
     assert torch.autograd.gradcheck(lambda x: rounding_regularizer(x, beta), (t,))
+
+
+def _composed_soft_rounding(q, beta):
+    """W_q and Eq. 15's regulariser of a soft quantizer composed in autograd (before the fused
+    functions of genie.quant.soft_rounding)."""
+    from genie.quant.soft_rounding import rounding_regularizer
+
+    w_int = torch.clamp(q.base + rectified_sigmoid(q.softbits) + q.zero_point, 0, q.qmax)
+    return (w_int - q.zero_point) * q.scale, rounding_regularizer(rectified_sigmoid(q.softbits), beta)
+
+
+@pytest.mark.parametrize("method", ["genie", "adaround"])
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (7, 10)], ids=["conv", "linear"])
+def test_fused_soft_rounding_is_bit_identical_to_the_composed_formulas(method, shape):
+    """W_q, the regulariser and their gradients (softbits, step size) from the fused functions
+    equal those autograd computes from the composed formulas bit for bit, with softbits in both
+    clamped tails of h and integers clipped at 0 and qmax."""
+    q, w = _quantizer(method, bits=3, shape=shape)
+    with torch.no_grad():
+        q.softbits.mul_(4.0)  # some h clamped at 0 and at 1
+        q.base.view(-1)[:3] = torch.tensor([-3.0, q.qmax + 2.0, q.qmax - q.zero_point.view(-1)[0] + 0.0])
+    g = torch.Generator().manual_seed(5)
+    upstream = torch.randn(shape, generator=g)
+    beta = torch.tensor(7.3)
+    params = [p for p in (q.softbits, q.scale) if p.requires_grad]
+    results = []
+    for pair in ((q(w), q.round_regularizer(beta)), _composed_soft_rounding(q, beta)):
+        wq, reg = pair
+        loss = (wq * upstream).sum() + 0.01 * reg
+        results.append((wq.detach(), reg.detach(), *torch.autograd.grad(loss, params)))
+    assert len(results[0]) == 2 + len(params) == (4 if method == "genie" else 3)
+    unclamped = (rectified_sigmoid(q.softbits) > 0) & (rectified_sigmoid(q.softbits) < 1)
+    assert 0 < int(unclamped.sum()) < unclamped.numel()  # both regimes are exercised
+    for fused, composed in zip(*results):
+        assert torch.equal(fused, composed)
 
 
 def test_nearest_rounds_to_nearest():

@@ -69,7 +69,7 @@ class ActQuantizer(nn.Module):
         if self.drop_prob > 0.0:
             if self.drop_prob >= 1.0 and self.fp_source is None:
                 return x
-            keep_fp = bernoulli_mask(x, self.drop_prob, self.generator)
+            keep_fp = bernoulli_mask(x, self.drop_prob, self.generator, dtype=x.dtype)  # 0/1: the fast form
         return lsq_fake_quant(x, self.scale, qmin, qmax, keep_fp, self.fp_source)
 
     def extra_repr(self) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from ..optim import DeviceAdam
 from .act_quantizer import ActQuantizer
-from .fake_quant import bernoulli_mask, mask_as
+from .fake_quant import bernoulli_mask
 from .layers import QuantLayer
 from .recon_primitives import batch_indices, output_units, reconstruction_loss, take_rows
 
@@ -130,7 +130,7 @@ class UnitTrainer:
             else:
                 # no input quantizer, or the reference's scheme: mix here; an input quantizer then
                 # drops again with its own mask
-                keep = mask_as(bernoulli_mask(x, cfg.drop_prob, self.generator), x)
+                keep = bernoulli_mask(x, cfg.drop_prob, self.generator, dtype=x.dtype)
                 x = torch.lerp(x, take_rows(self.fp_in, idx), keep)  # weights 0/1: exactly x or the FP input
         rec = reconstruction_loss(self.module(x), take_rows(self.fp_out, idx), self.out_weight)
         lrs, beta, gate = self._schedules()

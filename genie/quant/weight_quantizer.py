@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fake_quant import inverse_rectified_sigmoid, rectified_sigmoid, rounding_regularizer
+from .soft_rounding import inverse_rectified_sigmoid, rectified_sigmoid, soft_rounded_weight, softbits_regularizer
 from .step_size import DEFAULT_P, quantize_asymmetric, search_weight_scale
 
 WEIGHT_METHODS = ("genie", "adaround", "nearest")
@@ -133,7 +133,7 @@ class WeightQuantizer(nn.Module):
 
     def round_regularizer(self, beta: float) -> torch.Tensor:
         """Eq. 15's ``sum(1 - |2 h(V) - 1|^beta)``: 0 when every softbit is 0 or 1."""
-        return rounding_regularizer(self.soft_offset(), beta)
+        return softbits_regularizer(self.softbits, beta)
 
     def _require_set_up(self) -> None:
         if self._state == "unset":
@@ -154,8 +154,7 @@ class WeightQuantizer(nn.Module):
         if not self.enabled:
             return weight
         if self._state == "soft":
-            w_int = torch.clamp(self.base + self.soft_offset() + self.zero_point, 0, self.qmax)
-            return (w_int - self.zero_point) * self.scale
+            return soft_rounded_weight(self.softbits, self.scale, self.base, self.zero_point, self.qmax)
         if self._state == "nearest":
             return quantize_asymmetric(weight, self.scale, self.zero_point, self.bits)
         return (self.integer_weight(weight) - self.zero_point) * self.scale  # hard or integer
