@@ -135,16 +135,42 @@ def test_fused_soft_rounding_is_bit_identical_to_the_composed_formulas(method, s
     upstream = torch.randn(shape, generator=g)
     beta = torch.tensor(7.3)
     params = [p for p in (q.softbits, q.scale) if p.requires_grad]
+
+    def in_one_pass():  # what a reconstruction step does: h(V) once for W_q and the regulariser
+        q.rounding_beta = beta
+        wq = q(w)
+        return wq, q.take_regularizer(beta)
+
     results = []
-    for pair in ((q(w), q.round_regularizer(beta)), _composed_soft_rounding(q, beta)):
-        wq, reg = pair
+    for make in (lambda: (q(w), q.round_regularizer(beta)), in_one_pass, lambda: _composed_soft_rounding(q, beta)):
+        wq, reg = make()
         loss = (wq * upstream).sum() + 0.01 * reg
         results.append((wq.detach(), reg.detach(), *torch.autograd.grad(loss, params)))
+    q.rounding_beta = None
     assert len(results[0]) == 2 + len(params) == (4 if method == "genie" else 3)
     unclamped = (rectified_sigmoid(q.softbits) > 0) & (rectified_sigmoid(q.softbits) < 1)
     assert 0 < int(unclamped.sum()) < unclamped.numel()  # both regimes are exercised
-    for fused, composed in zip(*results):
-        assert torch.equal(fused, composed)
+    for fused, one_pass, composed in zip(*results):
+        assert torch.equal(fused, composed) and torch.equal(one_pass, composed)
+
+
+def test_a_regularizer_is_handed_over_once_and_dropped_with_its_beta():
+    """With rounding_beta set, a soft forward pass leaves its regulariser for take_regularizer(),
+    once; the next take computes it afresh. Setting rounding_beta to None drops one not taken
+    (it holds the step's graph)."""
+    q, w = _quantizer("genie")
+    beta = torch.tensor(3.0)
+    q.rounding_beta = beta
+    q(w)
+    first = q.take_regularizer(beta)
+    assert first.grad_fn is not None and "SoftRoundedWeight" in type(first.grad_fn).__name__
+    again = q.take_regularizer(beta)
+    assert "SoftbitsRegularizer" in type(again.grad_fn).__name__ and torch.equal(again, first)
+    q(w)
+    q.rounding_beta = None
+    assert "SoftbitsRegularizer" in type(q.take_regularizer(beta).grad_fn).__name__
+    q(w)  # off: nothing left behind
+    assert "SoftbitsRegularizer" in type(q.take_regularizer(beta).grad_fn).__name__
 
 
 def test_nearest_rounds_to_nearest():

@@ -45,38 +45,6 @@ def _offset_backward(grad: torch.Tensor, sig: torch.Tensor, unclamped: torch.Ten
     return torch.ops.aten.sigmoid_backward(grad * unclamped * (ZETA - GAMMA), sig)
 
 
-class SoftRoundedWeight(torch.autograd.Function):
-    """``W_q = s * (clamp(B + h(V) + z, 0, qmax) - z)`` (Eq. 11-13) from softbits ``V`` and base
-    integers ``B`` (the weight's shape), step size ``s`` and zero point ``z`` (broadcastable, e.g.
-    ``(C_out, 1, 1, 1)``). Gradients: dW_q/ds = the clamped integer minus ``z`` (summed to ``s``'s
-    shape), dW_q/dV = ``s * h'(V)`` where neither clamp is active, else 0; ``B`` and ``z`` get
-    none."""
-
-    @staticmethod
-    def forward(ctx, softbits, scale, base, zero_point, qmax: int):
-        sig, offset, unclamped = _offset_and_mask(softbits)
-        level = base + offset + zero_point
-        w_int = level.clamp(0, qmax)
-        centred = w_int - zero_point
-        ctx.save_for_backward(sig, unclamped, equal_01(w_int, level), centred, scale)
-        return centred * scale
-
-    @staticmethod
-    def backward(ctx, grad):
-        sig, unclamped, in_range, centred, scale = ctx.saved_tensors
-        d_softbits = d_scale = None
-        if ctx.needs_input_grad[0]:
-            d_softbits = _offset_backward(grad * scale * in_range, sig, unclamped)
-        if ctx.needs_input_grad[1]:
-            d_scale = (grad * centred).sum_to_size(scale.shape)
-        return d_softbits, d_scale, None, None, None
-
-
-def soft_rounded_weight(softbits, scale, base, zero_point, qmax: int) -> torch.Tensor:
-    """:class:`SoftRoundedWeight`: the soft-rounded fake-quantized weight, the weight's shape."""
-    return SoftRoundedWeight.apply(softbits, scale, base, zero_point, qmax)
-
-
 def _powered(h: torch.Tensor, beta: torch.Tensor) -> tuple:
     """``(d, |d|^beta)`` with ``d = 2 h - 1``; ``|d|^beta`` is ``exp(beta log |d|)`` (CPUs: ~2.5x
     faster than ``pow`` with a non-integer exponent; ``|d| = 0``: log -inf, exp 0)."""
@@ -89,6 +57,58 @@ def _powered_backward(grad, d, powered, beta) -> torch.Tensor:
     (where autograd's composed gradient is 0 for beta > 1)."""
     slope = (powered / d).nan_to_num_(nan=0.0)  # 0 / 0 only where d = 0
     return slope.mul_(-2.0 * beta * grad)
+
+
+def _beta_like(beta, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(beta, dtype=like.dtype, device=like.device)
+
+
+class SoftRoundedWeight(torch.autograd.Function):
+    """``W_q = s * (clamp(B + h(V) + z, 0, qmax) - z)`` (Eq. 11-13) from softbits ``V`` and base
+    integers ``B`` (the weight's shape), step size ``s`` and zero point ``z`` (broadcastable, e.g.
+    ``(C_out, 1, 1, 1)``). Gradients: dW_q/ds = the clamped integer minus ``z`` (summed to ``s``'s
+    shape), dW_q/dV = ``s * h'(V)`` where neither clamp is active, else 0; ``B`` and ``z`` get
+    none.
+
+    With ``beta`` (a 0-d tensor) it also returns Eq. 15's regulariser of the same ``h(V)``
+    (:class:`SoftbitsRegularizer`) as a second output, so a training step computes ``h`` once.
+    """
+
+    @staticmethod
+    def forward(ctx, softbits, scale, base, zero_point, qmax: int, beta=None):
+        sig, offset, unclamped = _offset_and_mask(softbits)
+        level = base + offset + zero_point
+        w_int = level.clamp(0, qmax)
+        centred = w_int - zero_point
+        saved = [sig, unclamped, equal_01(w_int, level), centred, scale]
+        weight = centred * scale
+        if beta is None:
+            ctx.save_for_backward(*saved)
+            return weight
+        d, powered = _powered(offset, beta)
+        ctx.save_for_backward(*saved, d, powered, beta)
+        return weight, offset.numel() - powered.sum()
+
+    @staticmethod
+    def backward(ctx, grad, grad_regularizer=None):
+        sig, unclamped, in_range, centred, scale, *powered = ctx.saved_tensors
+        d_softbits = d_scale = None
+        if ctx.needs_input_grad[0]:
+            d_softbits = _offset_backward(grad * scale * in_range, sig, unclamped)
+            if grad_regularizer is not None:
+                # its own chain, then the sum: what autograd computes for two uses of h(V)
+                d_softbits = d_softbits + _offset_backward(_powered_backward(grad_regularizer, *powered), sig, unclamped)
+        if ctx.needs_input_grad[1]:
+            d_scale = (grad * centred).sum_to_size(scale.shape)
+        return d_softbits, d_scale, None, None, None, None
+
+
+def soft_rounded_weight(softbits, scale, base, zero_point, qmax: int, beta=None):
+    """:class:`SoftRoundedWeight`: the soft-rounded fake-quantized weight (the weight's shape),
+    or with ``beta`` (float or 0-d tensor) the pair ``(weight, Eq. 15's regulariser)``."""
+    if beta is None:
+        return SoftRoundedWeight.apply(softbits, scale, base, zero_point, qmax)
+    return SoftRoundedWeight.apply(softbits, scale, base, zero_point, qmax, _beta_like(beta, softbits))
 
 
 class RoundingRegularizer(torch.autograd.Function):
@@ -120,10 +140,6 @@ class SoftbitsRegularizer(torch.autograd.Function):
     def backward(ctx, grad):
         sig, unclamped, d, powered, beta = ctx.saved_tensors
         return _offset_backward(_powered_backward(grad, d, powered, beta), sig, unclamped), None
-
-
-def _beta_like(beta, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(beta, dtype=like.dtype, device=like.device)
 
 
 def rounding_regularizer(h: torch.Tensor, beta) -> torch.Tensor:

@@ -122,6 +122,9 @@ class UnitTrainer:
 
     def step(self) -> None:
         cfg = self.cfg
+        lrs, beta, gate = self._schedules()
+        for q in self.rounded:
+            q.rounding_beta = beta  # the soft forward pass computes Eq. 15's regulariser too
         idx = self.indices.index_select(0, self.step_count.view(1)).view(-1)
         x = take_rows(self.q_in, idx)
         if cfg.drop_prob > 0.0:
@@ -133,10 +136,9 @@ class UnitTrainer:
                 keep = bernoulli_mask(x, cfg.drop_prob, self.generator, dtype=x.dtype)
                 x = torch.lerp(x, take_rows(self.fp_in, idx), keep)  # weights 0/1: exactly x or the FP input
         rec = reconstruction_loss(self.module(x), take_rows(self.fp_out, idx), self.out_weight)
-        lrs, beta, gate = self._schedules()
         loss = rec
         if self.rounded:
-            reg = sum(q.round_regularizer(beta) for q in self.rounded)
+            reg = sum(q.take_regularizer(beta) for q in self.rounded)
             loss = loss + (self.lam * gate) * reg
         # a parameter can drop out of the graph (QDrop probability 1 leaves activations FP)
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -164,3 +166,5 @@ class UnitTrainer:
     def close(self) -> None:
         for q in self.acts:
             q.drop_prob, q.generator, q.fp_source = 0.0, None, None
+        for q in self.rounded:
+            q.rounding_beta = None

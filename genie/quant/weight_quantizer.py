@@ -25,6 +25,8 @@ Transitions: ``unset -> nearest | soft`` (:meth:`setup`), ``soft <-> hard``
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -47,6 +49,8 @@ class WeightQuantizer(nn.Module):
         self.enabled = True  # False: pass the FP weight through
         self.symmetric = False  # zero point fixed at 2^(bits-1): a signed weight with zero point 0
         self._state = "unset"  # one of WEIGHT_STATES (module docstring); changed only by the methods below
+        self._rounding_beta: Optional[torch.Tensor] = None  # see the property rounding_beta
+        self._regularizer: Optional[torch.Tensor] = None
 
     @property
     def state(self) -> str:
@@ -135,6 +139,26 @@ class WeightQuantizer(nn.Module):
         """Eq. 15's ``sum(1 - |2 h(V) - 1|^beta)``: 0 when every softbit is 0 or 1."""
         return softbits_regularizer(self.softbits, beta)
 
+    @property
+    def rounding_beta(self) -> Optional[torch.Tensor]:
+        """Set by reconstruction for its training steps (a 0-d tensor): a soft forward pass then
+        also computes Eq. 15's regulariser of the same h(V), one h per step instead of two, which
+        :meth:`take_regularizer` hands over. ``None`` (the default) turns this off and drops a
+        regulariser not taken."""
+        return self._rounding_beta
+
+    @rounding_beta.setter
+    def rounding_beta(self, beta: Optional[torch.Tensor]) -> None:
+        self._rounding_beta = beta
+        if beta is None:
+            self._regularizer = None  # it holds the step's autograd graph
+
+    def take_regularizer(self, beta) -> torch.Tensor:
+        """Eq. 15's regulariser of the last soft forward pass run with :attr:`rounding_beta` set
+        (``beta`` should be that value), handed over once; without one, computed now."""
+        regularizer, self._regularizer = self._regularizer, None
+        return regularizer if regularizer is not None else self.round_regularizer(beta)
+
     def _require_set_up(self) -> None:
         if self._state == "unset":
             raise RuntimeError("the weight quantizer is not set up: call setup() (or integer_placeholders()) first")
@@ -154,7 +178,11 @@ class WeightQuantizer(nn.Module):
         if not self.enabled:
             return weight
         if self._state == "soft":
-            return soft_rounded_weight(self.softbits, self.scale, self.base, self.zero_point, self.qmax)
+            if self._rounding_beta is None:
+                return soft_rounded_weight(self.softbits, self.scale, self.base, self.zero_point, self.qmax)
+            weight_q, self._regularizer = soft_rounded_weight(self.softbits, self.scale, self.base, self.zero_point,
+                                                              self.qmax, self._rounding_beta)
+            return weight_q
         if self._state == "nearest":
             return quantize_asymmetric(weight, self.scale, self.zero_point, self.bits)
         return (self.integer_weight(weight) - self.zero_point) * self.scale  # hard or integer
