@@ -58,8 +58,9 @@ class LSQFakeQuant(torch.autograd.Function):
         ds_local = None
         if ctx.needs_input_grad[1]:
             # (q - x/s) inside the range, q where clipped, 0 where replaced (below); products
-            # with 0/1 masks are much cheaper than where/masked_fill on CPUs
-            ds_local = q.sub_(xs.mul_(inside))
+            # with 0/1 masks are much cheaper than where/masked_fill on CPUs, and the product
+            # x/s * inside is exact, so one fused pass gives q - x/s * inside exactly
+            ds_local = q.addcmul_(xs, inside, value=-1.0)
         passes = inside
         if keep_fp is not None:
             keep = mask_as(keep_fp, y)
