@@ -89,11 +89,11 @@ def test_bernoulli_mask_rate(p):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.7, 1.0])
 def test_bernoulli_mask_on_cpu_is_the_low_seven_bytes_of_each_word_under_the_threshold(p):
-    """The CPU mask's documented construction, so runs stay reproducible across versions: the
-    generator's int64 words (drawn over [0, 2^63)), bytes 0-6 of each in memory order, each True
-    when < round(256 p); laid out as ``like`` (channels-last here)."""
+    """The CPU mask's documented construction at p != 0.5, so runs stay reproducible across
+    versions: the generator's int64 words (drawn over [0, 2^63)), bytes 0-6 of each in memory
+    order, each True when < round(256 p); laid out as ``like`` (channels-last here)."""
     like = torch.empty(3, 5, 4, 6).contiguous(memory_format=torch.channels_last)
     got = bernoulli_mask(like, p, torch.Generator().manual_seed(4))
     n = like.numel()
@@ -106,3 +106,21 @@ def test_bernoulli_mask_on_cpu_is_the_low_seven_bytes_of_each_word_under_the_thr
     as_floats = bernoulli_mask(like, p, torch.Generator().manual_seed(4), dtype=torch.float32)
     assert as_floats.dtype == torch.float32 and as_floats.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(as_floats, want.float())
+
+
+def test_bernoulli_mask_on_cpu_at_one_half_is_one_bit_of_each_word_per_element():
+    """At p = 0.5 (QDrop's default) the documented construction is one bit per element: int64
+    words drawn over [-2^63, 2^63 - 1), bytes in memory order, the bits of each least
+    significant first; bool and 0/1 floats from the same draws, laid out as ``like``."""
+    like = torch.empty(3, 5, 4, 7).contiguous(memory_format=torch.channels_last)  # 420: not a multiple of 64
+    got = bernoulli_mask(like, 0.5, torch.Generator().manual_seed(4))
+    n = like.numel()
+    words = torch.empty(-(-n // 64), dtype=torch.int64).random_(-(2**63), 2**63 - 1,
+                                                                generator=torch.Generator().manual_seed(4))
+    data = words.numpy().tobytes()
+    flags = [bool((data[i // 8] >> (i % 8)) & 1) for i in range(n)]
+    want = torch.tensor(flags).view(3, 4, 7, 5).permute(0, 3, 1, 2)
+    assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
+    as_floats = bernoulli_mask(like, 0.5, torch.Generator().manual_seed(4), dtype=torch.float32)
+    assert as_floats.dtype == torch.float32 and torch.equal(as_floats, want.float())
+    assert 0.4 < want.float().mean().item() < 0.6

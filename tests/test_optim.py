@@ -36,3 +36,25 @@ def test_per_batch_rates_are_independent():
     opt = DeviceAdam([p])
     opt.step([torch.ones(2, 3)], [torch.tensor([[0.1], [0.0]])])
     assert torch.allclose(p[0], torch.full((3,), -0.1)) and torch.equal(p[1], torch.zeros(3))
+
+
+def test_fused_cpu_path_matches_the_composed_update():
+    """fused=True: parameters with a number or 0-d rate take torch's fused kernel, the others
+    (per-channel rates) the composed path; every update equals fused=False's up to rounding,
+    and the per-channel one exactly."""
+    g = torch.Generator().manual_seed(0)
+    starts = [torch.randn(5, 4, generator=g), torch.randn(3, generator=g), torch.randn(3, 2, generator=g)]
+    grads = [[torch.randn(p.shape, generator=g) for p in starts] for _ in range(30)]
+    rates = [1e-2, torch.tensor(3e-3), torch.tensor([[1e-2], [1e-3], [0.0]])]
+    results = []
+    for fused in (True, False):
+        params = [p.clone() for p in starts]
+        opt = DeviceAdam(params, fused=fused)
+        for step_grads in grads:
+            opt.step(step_grads, rates)
+        results.append(params)
+    (a, b, c), (a0, b0, c0) = results
+    assert not torch.equal(a, starts[0]) and torch.equal(c[2], starts[2][2])  # they moved; rate 0 did not
+    torch.testing.assert_close(a, a0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b, b0, rtol=1e-5, atol=1e-6)
+    assert torch.equal(c, c0)

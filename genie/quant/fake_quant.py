@@ -99,15 +99,29 @@ def lsq_fake_quant_reference(x, scale, qmin: int, qmax: int, keep_fp: Optional[t
     return torch.where(keep_fp, x if fp_value is None else fp_value.detach(), y)
 
 
+# row b: the 8 bits of byte b, least significant first, as 0/1 (one table per dtype, made once)
+_BYTE_BITS = {torch.uint8: ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(torch.uint8)}
+
+
+def _byte_bits(dtype: torch.dtype) -> torch.Tensor:
+    table = _BYTE_BITS.get(dtype)
+    if table is None:
+        table = _BYTE_BITS[dtype] = _BYTE_BITS[torch.uint8].to(dtype)
+    return table
+
+
 def bernoulli_mask(like: torch.Tensor, p: float, generator: Optional[torch.Generator],
                    dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """Mask shaped (and laid out) like ``like``, each element True (1) with probability ``p``:
     bool, or 0/1 in a floating ``dtype`` (written so directly, ~1.5x faster than bool on CPUs).
 
-    On CUDA: ``rand < p``. On CPUs, where drawing one float per element dominates a QDrop step,
-    one random 64-bit word drawn over ``[0, 2^63)`` gives 7 uniform bytes (the top byte is not
-    uniform), each compared with ``round(256 p)``, so ``p`` is resolved to 1/256 (0, 0.5 and 1
-    exactly).
+    On CUDA: ``rand < p``. On CPUs, where drawing random numbers dominates a QDrop step, random
+    64-bit words are cut up: at ``p = 0.5`` (QDrop's default) each element is one bit of a word
+    drawn over ``[-2^63, 2^63 - 1)`` (every bit uniform; bytes in memory order, bits least
+    significant first, looked up in a table: 3x faster than the bytes below at 5e5 elements);
+    at any other ``p`` each element is one byte, 7 per word drawn over ``[0, 2^63)`` (whose top
+    byte is not uniform), compared with ``round(256 p)``, so ``p`` is resolved to 1/256 (0 and 1
+    exactly; ``p = 1`` draws those words too).
     """
     channels_last = is_channels_last(like)
     shape = (like.shape[0], like.shape[2], like.shape[3], like.shape[1]) if channels_last else like.shape
@@ -116,13 +130,19 @@ def bernoulli_mask(like: torch.Tensor, p: float, generator: Optional[torch.Gener
         mask = torch.lt(uniform, p, out=torch.empty(shape, dtype=dtype, device=like.device))
     else:
         n = like.numel()
-        words = torch.empty(-(-n // 7), dtype=torch.int64).random_(generator=generator)  # drawn for every p
         threshold = round(p * 256)
-        if threshold >= 256:  # p resolved to 1: no byte reaches 256 (and uint8 cannot hold it)
-            mask = torch.ones(shape, dtype=dtype)
+        if threshold == 128:  # one fair bit per element
+            words = torch.empty(-(-n // 64), dtype=torch.int64).random_(-(2**63), 2**63 - 1, generator=generator)
+            table = _byte_bits(torch.uint8 if dtype == torch.bool else dtype)
+            bits = table.index_select(0, words.view(torch.uint8).long()).view(-1)[:n]
+            mask = (bits.view(torch.bool) if dtype == torch.bool else bits).view(shape)
         else:
-            # compared in place on the strided (words, 7) view: no copy of the bytes, no wider type
-            low_bytes = words.view(torch.uint8).view(-1, 8)[:, :7]
-            mask = torch.lt(low_bytes, threshold, out=torch.empty(low_bytes.shape, dtype=dtype))
-            mask = mask.view(-1)[:n].view(shape)
+            words = torch.empty(-(-n // 7), dtype=torch.int64).random_(generator=generator)
+            if threshold >= 256:  # p resolved to 1: no byte reaches 256 (and uint8 cannot hold it)
+                mask = torch.ones(shape, dtype=dtype)
+            else:
+                # compared in place on the strided (words, 7) view: no copy of the bytes, no wider type
+                low_bytes = words.view(torch.uint8).view(-1, 8)[:, :7]
+                mask = torch.lt(low_bytes, threshold, out=torch.empty(low_bytes.shape, dtype=dtype))
+                mask = mask.view(-1)[:n].view(shape)
     return mask.permute(0, 3, 1, 2) if channels_last else mask

@@ -97,7 +97,7 @@ class UnitTrainer:
         self.losses = torch.zeros(cfg.iters, device=device, dtype=unit.q_in.dtype)
         n = len(unit.q_in)
         self.indices = batch_indices(n, cfg.iters, min(cfg.batch_size, n), run.generator, device)
-        self.optimizer = DeviceAdam(self.params) if self.params else None
+        self.optimizer = DeviceAdam(self.params, fused=True) if self.params else None
         # on CPUs an explicit generator; on CUDA the (seeded, forked) default generator, which
         # CUDA graphs can replay
         self.generator = run.generator if device.type == "cpu" else None
