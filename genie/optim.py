@@ -47,6 +47,11 @@ class DeviceAdam:
             if not self._fusable(p, lr):
                 composed.append(i)
                 continue
+            if g.stride() != p.stride():
+                # torch's CPU kernel walks the gradient with the parameter's strides: a gradient
+                # laid out otherwise (a convolution's weight gradient is channels-last when its
+                # input is) would silently update each element with another's gradient
+                g = torch.empty_like(p).copy_(g)
             torch._fused_adam_([p], [g], [self.exp_avg[i]], [self.exp_avg_sq[i]], [], [self.steps], lr=float(lr),
                                beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps, amsgrad=False,
                                maximize=False)

@@ -58,3 +58,20 @@ def test_fused_cpu_path_matches_the_composed_update():
     torch.testing.assert_close(a, a0, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b, b0, rtol=1e-5, atol=1e-6)
     assert torch.equal(c, c0)
+
+
+def test_fused_update_takes_each_gradient_element_whatever_its_layout():
+    """A channels-last gradient of a contiguous parameter (a convolution's weight gradient when
+    its input is channels-last): the fused update equals the composed one. torch's CPU kernel
+    alone would pair the elements by memory order and update each with another's gradient."""
+    g = torch.Generator().manual_seed(1)
+    start = torch.randn(8, 4, 3, 3, generator=g)
+    grads = [torch.randn(8, 4, 3, 3, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(5)]
+    results = []
+    for fused in (True, False):
+        param = start.clone()
+        opt = DeviceAdam([param], fused=fused)
+        for grad in grads:
+            opt.step([grad], [1e-2])
+        results.append(param)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
