@@ -72,9 +72,9 @@ def test_folding_does_not_change_what_genie_learns(signed):
     # within rounding of a quantization tie can land one step apart in the two runs; such a flip
     # moves the block's loss by ~1e-3 relative, and which elements flip depends on the QDrop
     # draws, not on what folding does to learning (signed-gamma block, float32: under 3e-4 with
-    # the byte-per-element draws, 1.1e-3 and 4.6e-3 with the bit-per-element ones; float64:
-    # 6e-8). In float64 the test measures folding itself: without the unfolded rates or loss
-    # units (genie.quant.unit_trainer, recon_primitives.output_units) it fails its bounds.
+    # the byte-per-element draws, 1.1e-3 with the bit-per-element ones; float64: 6e-8). In
+    # float64 the test measures folding itself: without the unfolded rates or loss units
+    # (genie.quant.unit_trainer, recon_primitives.output_units) it fails its bounds.
     model = _model_with_wide_bn(0, signed).double()
     images = torch.randn(64, 3, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     folded, folded_units = _train_every_unit(model, images, fold_bn=True)
