@@ -215,6 +215,9 @@ def _fmt(x, digits=4):
 def markdown(result: dict) -> str:
     lines = [f"## genie vs the authors' code on {result['device']}, {result['threads']} threads each, torch {result['torch']}",
              "", f"Command: `{result['command']}`; commit {result['commit']}; {result['seconds']:.0f} s in all.", "",
+             f"CPU: {result['cpu']['cpu']} ({', '.join(f for f, has in result['cpu'].items() if has is True) or 'no AVX2'}); "
+             f"kernels of every run (genie's and the reference's): ATen {result['kernels']['aten']}, oneDNN up to "
+             f"{result['kernels']['onednn_max_isa']}.", "",
              "| stage | reference s/iter | genie s/iter | ratio (reference / genie) | genie fixed s |",
              "|---|---|---|---|---|"]
     for key in ("distill128", "distill256", "distill16", "recon"):
@@ -269,7 +272,8 @@ def main(argv=None) -> int:
     use_checkout_assets(ROOT)
     import torch
 
-    from genie.devices import device_name, resolve_device
+    from genie.devices import cpu_kernels, device_name, resolve_device
+    from genie.export.latency import cpu_features
     from genie.files import write_atomically, write_json
 
     bench = Bench(args)
@@ -278,7 +282,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    result = {"device": device_name(resolve_device(None)), "threads": args.threads, "torch": torch.__version__,
+    # the kernels every run of this process's children uses (they inherit the environment):
+    # ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA can hold an AVX-512 CPU to AVX2
+    result = {"device": device_name(resolve_device(None)), "cpu": cpu_features(), "kernels": cpu_kernels(),
+              "threads": args.threads, "torch": torch.__version__,
               "commit": commit, "command": "python benchmarks/vs_reference.py " + " ".join(argv),
               "setting": "tiny" if args.tiny else "full"}
     recon_extra = {}

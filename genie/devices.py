@@ -5,6 +5,7 @@ front ends (CLI, notebooks, benchmarks) share one definition.
 """
 from __future__ import annotations
 
+import os
 import platform
 from typing import Optional, Union
 
@@ -40,6 +41,15 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def cpu_kernels() -> dict:
+    """``{"aten": ..., "onednn_max_isa": ...}``: the instruction set of the CPU kernels this
+    process runs, ATen's as chosen (the CPU's best, or ``ATEN_CPU_CAPABILITY`` where set, e.g.
+    ``"AVX2"`` on an AVX-512 CPU) and oneDNN's ceiling (``ONEDNN_MAX_CPU_ISA``, ``"native"`` where
+    unset: the CPU's best). A speed figure on a CPU is only read with these beside it."""
+    return {"aten": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "native"}
 
 
 def is_channels_last(t: torch.Tensor) -> bool:

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_vs_reference_tiny_without_the_reference(tmp_path):
-    env = {**os.environ, "OFFICIAL_DIR": ""}
+    # kernels held below any x86-64 CPU's best (ATen's scalar path, oneDNN's SSE4.1): the table
+    # must name the kernels its runs used, not the CPU's best
+    env = {**os.environ, "OFFICIAL_DIR": "", "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_reference.py"), "--tiny", "--threads", "1",
                            "--repeats", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env=env)
@@ -27,6 +29,8 @@ def test_vs_reference_tiny_without_the_reference(tmp_path):
     assert len(result["scaling"]["recon_resnet56"]["units"]) == 29
     md = (tmp_path / "vs_reference.md").read_text()
     assert md.startswith("## genie vs the authors' code on CPU") and "1 threads each" in md and "| recon |" in md
+    assert result["kernels"] == {"aten": "DEFAULT", "onednn_max_isa": "SSE41"}
+    assert "ATen DEFAULT, oneDNN up to SSE41" in md
 
 
 def test_vs_reference_refuses_unknown_stages(tmp_path):
