@@ -272,8 +272,7 @@ def main(argv=None) -> int:
     use_checkout_assets(ROOT)
     import torch
 
-    from genie.devices import cpu_kernels, device_name, resolve_device
-    from genie.export.latency import cpu_features
+    from genie.devices import cpu_features, cpu_kernels, device_name, resolve_device
     from genie.files import write_atomically, write_json
 
     bench = Bench(args)

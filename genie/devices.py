@@ -1,4 +1,5 @@
-"""Devices: which one a model lives on, which one a run uses, and its human-readable name.
+"""Devices: which one a model lives on, which one a run uses, its human-readable name, and on a
+CPU which instruction sets it has and which its kernels use.
 
 A leaf module (torch only), so the algorithms (``genie.quant``, ``genie.distill``) and the
 front ends (CLI, notebooks, benchmarks) share one definition.
@@ -41,6 +42,25 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_features() -> dict:
+    """``{"cpu": model name, flag: bool}``: the x86 features (:data:`CPU_FLAGS`) that decide
+    which kernels torch (ATen, oneDNN) and onnxruntime can run here, from ``/proc/cpuinfo`` (all
+    False elsewhere). :func:`cpu_kernels` says which of them this process does run."""
+    lines = []
+    if os.path.exists("/proc/cpuinfo"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            lines = []
+    flags = next((line.split(":", 1)[-1].split() for line in lines if line.startswith("flags")), [])
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    return {"cpu": model, **{n: n in flags for n in CPU_FLAGS}}
 
 
 def cpu_kernels() -> dict:

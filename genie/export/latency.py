@@ -9,13 +9,14 @@ files; importing this module does not import either.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from ..devices import CPU_FLAGS, cpu_features  # noqa: F401 (this module's API too: notebook 7)
 
 # kernels of onnxruntime's optimised graph: integer ones (a fused QDQ group) and float ones
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "QLinearAdd",
@@ -32,23 +33,7 @@ LATENCY_FILES = {
 }
 FILE_LABELS = {"fp32": "FP32", "paper": "W8A8 paper", "deploy": "W8A8 deploy",
                "deploy_sym": "W8A8 deploy, symmetric weights"}
-CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")  # either gives onnxruntime's fast uint8 x int8 dot products
-
-
-def cpu_features() -> dict:
-    """``{"cpu": model name, flag: bool}``: the x86 features (:data:`CPU_FLAGS`) that decide
-    which integer kernels onnxruntime runs, from ``/proc/cpuinfo`` (all False elsewhere)."""
-    lines = []
-    if os.path.exists("/proc/cpuinfo"):
-        try:
-            with open("/proc/cpuinfo") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            lines = []
-    flags = next((line.split(":", 1)[-1].split() for line in lines if line.startswith("flags")), [])
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-    return {"cpu": model, **{n: n in flags for n in CPU_FLAGS}}
 
 
 def has_vnni(features: Optional[dict] = None) -> bool:
