@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..devices import CPU_FLAGS, cpu_features  # noqa: F401 (this module's API too: notebook 7)
+from ..devices import cpu_features
 
 # kernels of onnxruntime's optimised graph: integer ones (a fused QDQ group) and float ones
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "QLinearAdd",
