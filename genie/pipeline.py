@@ -4,7 +4,6 @@ Used by the command line (``python -m genie run``), the benchmarks and the noteb
 """
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from contextlib import nullcontext
@@ -17,6 +16,7 @@ import torch
 from . import __version__
 from .data import LabeledImages, cifar10_calibration, cifar10_test, evaluate, image_folder, sample_images
 from .devices import device_name, resolve_device
+from .digests import tensor_digest
 from .distill import DistillConfig
 from .errors import GenieError
 from .events import Callback
@@ -134,21 +134,13 @@ _FP_EVALUATIONS: dict = {}
 _FP_EVALUATIONS_KEPT = 4
 
 
-def _images_digest(data: LabeledImages) -> str:
-    digest = hashlib.sha256()
-    for t in (data.images, data.labels):
-        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def fp_evaluation(model: torch.nn.Module, test, progress: bool = False) -> dict:
     """:func:`genie.data.evaluate` of the FP32 ``model`` on ``test`` with its per-image predictions,
     remembered for the process when ``test`` is a :class:`LabeledImages` (a folder of images is
     evaluated every time)."""
     if not isinstance(test, LabeledImages):
         return evaluate(model, test, progress=progress, desc="FP32 evaluate", keep_predictions=True)
-    key = (weights_fingerprint(model), _images_digest(test), str(next(model.parameters()).device),
+    key = (weights_fingerprint(model), tensor_digest([("images", test.images), ("labels", test.labels)]), str(next(model.parameters()).device),
            torch.get_num_threads())
     if key not in _FP_EVALUATIONS:
         while len(_FP_EVALUATIONS) >= _FP_EVALUATIONS_KEPT:

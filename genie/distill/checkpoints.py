@@ -8,6 +8,7 @@ from typing import Optional
 
 from torch import nn
 
+from ..digests import tensor_bytes
 from ..errors import GenieError
 from ..files import check_output_folder, load_torch_file, save_atomically
 
@@ -18,8 +19,8 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
             digest.update(name.encode())
-            digest.update(m.running_mean.detach().cpu().numpy().tobytes())
-            digest.update(m.running_var.detach().cpu().numpy().tobytes())
+            digest.update(tensor_bytes(m.running_mean))
+            digest.update(tensor_bytes(m.running_var))
     return digest.hexdigest()[:16]
 
 

@@ -24,21 +24,13 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..digests import tensor_digest
 from ..errors import GenieError
 from ..files import check_output_folder, load_torch_file, save_atomically
 from .sensitivity import weights_fingerprint
 
 FORMAT = "genie.recon-checkpoint"
 _FILE = "unit_{:03d}.pt"
-
-
-def tensor_digest(named_tensors) -> str:
-    """16 hex digits of the sha256 of ``(name, tensor)`` pairs: names, dtypes, shapes and values."""
-    digest = hashlib.sha256()
-    for name, t in named_tensors:
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def code_digest() -> str:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..devices import model_device
+from ..digests import tensor_bytes
 from ..errors import GenieError, shown
 from ..files import read_json, write_json
 from ..validate import COUNT, SEED, check_int
@@ -53,7 +54,7 @@ def weights_fingerprint(model: nn.Module) -> str:
         if torch.is_tensor(t):
             digest.update(name.encode())
             digest.update(str(tuple(t.shape)).encode())
-            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+            digest.update(tensor_bytes(t))
     return digest.hexdigest()[:16]
 
 
