@@ -295,6 +295,26 @@ def test_output_path_in_a_missing_folder_is_refused(resnet20_models, tmp_path):
         export_onnx(resnet20_models[(8, 8)], tmp_path, (1, 3, 32, 32))
 
 
+@pytest.mark.parametrize("example, message", [
+    ("1x3x32x32", r"example must be an input tensor \(N, C, H, W\) or its shape, got '1x3x32x32'"),
+    ((1, 3, 32), r"example must be an input tensor \(N, C, H, W\) or its shape, got \(1, 3, 32\)"),
+    ((1, 3, 0, 32), r"example\[2\] \(the input shape N, C, H, W\)"),
+    ((1, 3, 32.5, 32), r"example\[2\] \(the input shape N, C, H, W\)"),
+    ((1, 3, 9000, 32), r"example's image side must be"),
+], ids=["string", "three-sizes", "zero-side", "fractional-side", "side-too-large"])
+def test_a_wrong_example_shape_is_named_and_nothing_is_written(resnet20_models, tmp_path, example, message):
+    with pytest.raises(GenieError, match=message):
+        export_onnx(resnet20_models[(8, 8)], tmp_path / "m.onnx", example)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_example_shape_of_numpy_integers_is_taken(resnet20_models, tmp_path):
+    shape = tuple(np.array([2, 3, 32, 32], dtype=np.int64))
+    report = export_onnx(resnet20_models[(8, 8)], tmp_path / "m.onnx", shape)
+    dims = onnx.load(str(report.path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, 32, 32]
+
+
 def test_missing_onnx_package_says_what_to_install(resnet20_models, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(GenieError, match=r"pip install 'genie-zsq\[export\]'"):
