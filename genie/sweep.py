@@ -23,7 +23,9 @@ whose worker dies is run again ``--retries`` times (default 1), then recorded as
 Values are parsed as Python literals when they can be (``4``, ``0.5``, ``True``, ``None``,
 ``"text"``); ``true``/``false``/``none`` are accepted in lower case; anything else is a string,
 except a value that opens a list, tuple, dict or quote it does not close (``[2,4``): that is
-refused. Every argument is parsed before the first run: a name given twice (two ``--grid``
+refused. A value of another kind than the notebook's default for that parameter (a string
+where the default is ``True``, a float or a bool where it is an integer, a number where it is a
+list) is refused before the first run. Every argument is parsed before the first run: a name given twice (two ``--grid``
 or ``--set`` of one name, one name both swept and set, a case label twice) is refused, not
 overridden. Exit status: 0 when every run succeeded (or was reused), 1 when one failed (the others still run,
 unless ``--fail-fast``), 2 for bad arguments.
@@ -33,10 +35,13 @@ from __future__ import annotations
 import argparse
 import ast
 import itertools
+import numbers
 import re
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
+
+import numpy as np
 
 from .errors import GenieError, exit_status, shown
 from .files import check_output_folder, folder_lock
@@ -194,18 +199,46 @@ def notebook_parameters(notebook: Path) -> dict:
                          f"{str(exc)[:200]}); give the notebook to sweep") from None
 
 
+# the kind of value a parameter takes, from the type of its default: (accepted types, in words);
+# a default of None (or an expression that is not a literal) says nothing, so anything goes
+# (numpy's integers and floats count as numbers, as everywhere in genie's arguments)
+_KINDS = {bool: ((bool, np.bool_), "True or False"), int: ((numbers.Integral,), "an integer"),
+          float: ((numbers.Real,), "a number"), str: ((str,), "a string"), list: ((list, tuple), "a list"),
+          tuple: ((list, tuple), "a list"), dict: ((dict,), "a dict")}
+
+
+def _kind_mismatch(default_text: str, value) -> Optional[str]:
+    """In words, what a parameter whose default is ``default_text`` takes, where ``value`` is not
+    that (a bool is not a number here: ``True`` for ``recon_iters`` is a slip); else None."""
+    try:
+        default = ast.literal_eval(default_text)
+    except (ValueError, SyntaxError):
+        return None
+    accepted, words = _KINDS.get(type(default), (None, None))
+    is_flag = isinstance(value, (bool, np.bool_))
+    if accepted is None or (isinstance(value, accepted) and (bool in accepted or not is_flag)):
+        return None
+    return words
+
+
 def check_parameters(notebook, runs: Iterable) -> None:
-    """Raise :class:`GenieError` when a run sets a parameter the notebook does not declare, or
-    when the notebook has no ``out_dir`` parameter."""
+    """Raise :class:`GenieError` when a run sets a parameter the notebook does not declare, or one
+    to a value of another kind than the parameter's default (a string for a flag: ``"False"``
+    would run as true), or when the notebook has no ``out_dir`` parameter."""
     notebook = Path(notebook)
     if not notebook.is_file():
         raise GenieError(f"no notebook at {notebook}")
     declared = notebook_parameters(notebook)
-    for _, params in runs:
+    for name, params in runs:
         unknown = sorted(set(params) - set(declared))
         if unknown:
             raise GenieError(f"{notebook.name} has no parameter {', '.join(unknown)} "
                              f"(its parameters: {', '.join(declared)})")
+        for key, value in params.items():
+            words = _kind_mismatch(declared[key], value)
+            if words is not None:
+                raise GenieError(f"run {name!r} sets {key} = {shown(value)}, but {notebook.name}'s {key} takes "
+                                 f"{words} (its default is {declared[key]})")
     if "out_dir" not in declared:
         raise GenieError(f"{notebook.name} has no out_dir parameter: the sweep cannot collect its result.json")
 

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -209,6 +210,41 @@ def test_sweep_rejects_unknown_parameters_before_running(tmp_path, capsys):
     assert "has no parameter y" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert sweep.main([str(tmp_path / "missing.ipynb"), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+
+
+def _kinds_notebook(path):
+    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    params = new_code_cell("flag = True\ncount = 4\nrate = 0.5\nname = 'a'\nsizes = [1, 2]\nanything = None\n"
+                           "computed = 2 ** 3\nout_dir = 'runs/kinds'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("flag", "False", "True or False"), ("count", 4.0, "an integer"), ("count", True, "an integer"),
+    ("rate", "0.5", "a number"), ("name", 3, "a string"), ("sizes", 2, "a list"),
+], ids=["string-for-flag", "float-for-int", "bool-for-int", "string-for-float", "int-for-string", "scalar-for-list"])
+def test_a_value_of_another_kind_than_the_default_is_refused_before_running(tmp_path, key, value, words):
+    nb = _kinds_notebook(tmp_path / "kinds.ipynb")
+    with pytest.raises(GenieError, match=rf"run 'r' sets {key} = .*, but kinds\.ipynb's {key} takes {words} "):
+        sweep.sweep(nb, [("r", {key: value})], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_values_of_the_defaults_kind_pass_the_check(tmp_path):
+    nb = _kinds_notebook(tmp_path / "kinds.ipynb")
+    sweep.check_parameters(nb, [("r", {"flag": False, "count": 7, "rate": 1, "name": "b", "sizes": (3,),
+                                       "anything": "x", "computed": "no literal default: anything goes"}),
+                                ("numpy", {"flag": np.bool_(True), "count": np.int64(7), "rate": np.float32(0.25)})])
+
+
+def test_a_string_for_a_flag_is_refused_from_the_command_line(tmp_path, capsys):
+    nb = _kinds_notebook(tmp_path / "kinds.ipynb")
+    assert sweep.main([str(nb), "--out", str(tmp_path / "out"), "--set", "flag='no'"]) == 2
+    assert "sets flag = 'no', but kinds.ipynb's flag takes True or False (its default is True)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_sweep_plans_cases_times_grid():
