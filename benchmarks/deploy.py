@@ -81,7 +81,7 @@ def op_profile(args, out: Path) -> list:
     call spent in each operator type (the optimised graph's kernels), mean over the calls."""
     import torch
 
-    from genie.export.onnx_export import INPUT_NAME
+    from genie.export.graph import INPUT_NAME
     from genie.export.runtime import require_onnxruntime
 
     ort = require_onnxruntime()

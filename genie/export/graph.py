@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# the exported graph's input and output (one output; several are numbered logits_0, logits_1, ...)
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
 
 def require_onnx():
     """The ``onnx`` module, or a :class:`GenieError` saying what to install."""

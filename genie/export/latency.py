@@ -110,7 +110,7 @@ def median_ms(path: Union[str, Path, bytes], x: torch.Tensor, threads: int = 1, 
     ``warmup`` calls, then at least ``min_calls`` calls and ``min_seconds`` seconds."""
     import numpy as np
 
-    from .onnx_export import INPUT_NAME
+    from .graph import INPUT_NAME
     from .runtime import onnx_session
 
     session = onnx_session(path, threads)

@@ -31,13 +31,10 @@ from ..quant.layers import QuantLayer
 from ..quant.qmodel import QuantizedModel
 from ..validate import COUNT, IMAGE_SIZE, check_images, check_int
 from .context import ExportContext
-from .graph import OnnxGraph, require_onnx
+from .graph import INPUT_NAME, OUTPUT_NAME, OnnxGraph, require_onnx
 from .handlers import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS
 from .qdq import int_form
 from .trace import owner_of, trace_quantized
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 
 
 @dataclass

@@ -12,8 +12,7 @@ import torch
 
 from ..devices import model_device
 from ..errors import GenieError
-from .graph import require_onnx
-from .onnx_export import INPUT_NAME
+from .graph import INPUT_NAME, require_onnx
 
 
 def require_onnxruntime():
