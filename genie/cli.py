@@ -5,7 +5,7 @@ import argparse
 
 from .distill.distiller import DEFAULT_ITERS, DISTILLERS, DistillConfig
 from .errors import GenieError, exit_status
-from .quant.reconstruction import QDROP_INPUTS, ROUND_WEIGHT_ADAROUND, ROUND_WEIGHT_GENIE, ReconConfig
+from .quant.recon_state import QDROP_INPUTS, ROUND_WEIGHT_ADAROUND, ROUND_WEIGHT_GENIE, ReconConfig
 from .pipeline import DEFAULT_SENSITIVITY_SAMPLES
 from .quant.sensitivity import DEFAULT_CANDIDATES, SENSITIVITY_METHODS
 from .sweep import add_sweep_parser, run_sweep

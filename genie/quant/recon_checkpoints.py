@@ -49,7 +49,7 @@ def recon_fingerprint(teacher: nn.Module, student: nn.Module, images: torch.Tens
     """What decides a reconstruction's result, one entry per cause (so that a refusal names it).
 
     ``student``: the quantized network before any unit is reconstructed; ``cfg``: the
-    :class:`~genie.quant.reconstruction.ReconConfig`; ``quant_config``: the quantized model's
+    :class:`~genie.quant.recon_state.ReconConfig`; ``quant_config``: the quantized model's
     configuration (``QuantConfig.to_dict()``)."""
     from .. import __version__
 

@@ -39,13 +39,10 @@ from ..finite import NonFiniteError, first_nonfinite, require_finite_losses
 from ..graphs import run_steps
 from ..progress import progress_bar
 from .bias import snap_biases
-from .blocks import QuantBlock
 from .capture import TeacherActivations, chained_units, student_input
 from .layers import QuantLayer
 from .qmodel import QuantizedModel, check_calibration_images
-from .step_size import ACT_SEARCH_SAMPLE
-from ..validate import (COUNT, COUNT_OR_ZERO, FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED,
-                        check_bool, check_choice, check_float, check_int, merged_config)
+from ..validate import COUNT, check_int, merged_config
 from .recon_checkpoints import ReconCheckpoints, recon_fingerprint
 from .rounding_ties import TieMove, guard_ties
 from .recon_primitives import (
@@ -57,6 +54,7 @@ from .recon_primitives import (
     set_soft_rounding,
     unit_error,
 )
+from .recon_state import QDROP_INPUTS, ReconConfig, ReconRun, ReconUnit
 from .unit_trainer import ParamGroup, UnitTrainer, param_groups
 
 __all__ = [  # with the primitives and the unit trainer it builds on
@@ -72,69 +70,6 @@ __all__ = [  # with the primitives and the unit trainer it builds on
     "reconstruction_loss",
     "set_soft_rounding",
 ]
-
-
-ROUND_WEIGHT_GENIE = 1.0  # lambda of Eq. 15 for GENIE-M (method card)
-ROUND_WEIGHT_ADAROUND = 0.1  # lambda for the AdaRound baseline: the paper's (Sec. 4.1; BRECQ's code uses 0.01)
-QDROP_INPUTS = ("qdrop", "reference")  # ReconConfig.qdrop_input
-
-
-@dataclass
-class ReconConfig:
-    """Reconstruction hyper-parameters (defaults: method card / paper appendix A)."""
-
-    iters: int = 20000
-    batch_size: int = 32
-    drop_prob: float = 0.5  # QDrop: probability an activation element stays FP (0 disables)
-    # QDrop at a unit's input. "qdrop": one mask per element picks the FP input or the quantized
-    # student input (QDrop's scheme). "reference": the FP and student inputs are mixed first, then
-    # the unit's input quantizer drops again with its own mask, so a quarter of the elements
-    # pass as the student's unquantized input (what the authors' code does).
-    qdrop_input: str = "reference"
-    lr_softbits: float = 1e-3
-    lr_weight_scale: float = 1e-4
-    lr_act_scale: float = 4e-5
-    round_weight: Optional[float] = None  # lambda of Eq. 15; None: ROUND_WEIGHT_GENIE or ROUND_WEIGHT_ADAROUND
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    warmup: float = 0.2  # fraction of iterations without the rounding regulariser
-    min_scale_ratio: float = 0.1  # learned step sizes are kept >= this fraction of their initial value
-    seed: int = 0
-    chunk_size: Optional[int] = None  # images per forward when caching unit inputs
-    capture_mb: int = 2048  # teacher activations captured in one forward pass (genie.quant.capture)
-    act_search_sample: Optional[int] = ACT_SEARCH_SAMPLE  # values ranking step sizes first; None: exhaustive
-    guard_ties: bool = True  # move trained activation steps off populated rounding ties (genie.quant.rounding_ties)
-
-    def rounding_weight(self, method: str) -> float:
-        """lambda of Eq. 15 for weight quantizer ``method``: ``round_weight``, or by default
-        :data:`ROUND_WEIGHT_GENIE` for genie and :data:`ROUND_WEIGHT_ADAROUND` otherwise."""
-        if self.round_weight is not None:
-            return self.round_weight
-        return ROUND_WEIGHT_GENIE if method == "genie" else ROUND_WEIGHT_ADAROUND
-
-    def validate(self) -> "ReconConfig":
-        """Every setting checked against its range (:mod:`genie.validate`; the seed against what
-        torch's generators take); numpy numbers become Python ones. Returns ``self``."""
-        self.iters = check_int(self.iters, "reconstruction iterations (iters)", COUNT_OR_ZERO)
-        self.batch_size = check_int(self.batch_size, "batch_size", COUNT)
-        self.drop_prob = check_float(self.drop_prob, "drop_prob", PROBABILITY)
-        self.qdrop_input = check_choice(self.qdrop_input, "qdrop_input", QDROP_INPUTS)
-        self.round_weight = check_float(self.round_weight, "round_weight (lambda of Eq. 15)", NON_NEGATIVE,
-                                        or_none=" or None (the quantizer's default)")
-        for name in ("lr_softbits", "lr_weight_scale", "lr_act_scale"):
-            setattr(self, name, check_float(getattr(self, name), name, NON_NEGATIVE))
-        self.beta_start = check_float(self.beta_start, "beta_start", POSITIVE)
-        self.beta_end = check_float(self.beta_end, "beta_end", POSITIVE)
-        self.warmup = check_float(self.warmup, "warmup", FRACTION_BELOW_ONE)
-        self.min_scale_ratio = check_float(self.min_scale_ratio, "min_scale_ratio", PROBABILITY,
-                                           or_none=" or None (no floor)")
-        self.seed = check_int(self.seed, "seed", SEED)
-        self.chunk_size = check_int(self.chunk_size, "chunk_size", COUNT, or_none=" or None (automatic)")
-        self.capture_mb = check_int(self.capture_mb, "capture_mb (MiB)", COUNT_OR_ZERO)
-        self.act_search_sample = check_int(self.act_search_sample, "act_search_sample", COUNT,
-                                           or_none=" or None (exhaustive)")
-        self.guard_ties = check_bool(self.guard_ties, "guard_ties")
-        return self
 
 
 @dataclass
@@ -162,59 +97,20 @@ class ReconReport:
         return "\n".join(rows)
 
 
-@dataclass
-class _Run:
-    """What the reconstruction of every unit shares."""
-
-    teacher: nn.Module  # the FP model (BN folded like the student): unit inputs and targets
-    student: nn.Module  # the quantized network (QuantizedModel.net)
-    images: torch.Tensor  # the calibration images (N, C, H, W), on the device
-    cfg: ReconConfig
-    method: str  # the weight quantizer (genie also learns the weight step sizes)
-    p_norm: float  # norm of the activation step-size search (Eq. 16)
-    generator: torch.Generator  # batch indices; QDrop masks on CPUs
-    search_generator: torch.Generator  # the values that rank activation step sizes
-    chunk: int  # images per forward when capturing inputs and measuring errors
-    fp: TeacherActivations  # the teacher's inputs and outputs of the units
-    chained: list  # chained[k]: unit k's input is unit k-1's output (genie.quant.capture)
-    callback: Callback
-    bar: object  # a tqdm bar (or None): advanced as iterations finish
-    report_every: int  # iterations between UnitProgress events (and finiteness checks)
-    cuda_graph: bool  # replay the training step as a CUDA graph (GPU only)
-
-
-@dataclass
-class _Unit:
-    """One reconstruction unit and what it is trained on (each tensor ``(N, ...)``)."""
-
-    index: int
-    name: str
-    module: nn.Module
-    fp_in: torch.Tensor  # the teacher's input of the unit: QDrop's FP source
-    q_in: torch.Tensor  # the quantized model's input of the unit (units before it quantized)
-    fp_out: torch.Tensor  # the teacher's output of the unit: the target
-
-    @property
-    def kind(self) -> str:
-        """The FP block's type name, or ``"conv layer"`` / ``"linear layer"``."""
-        m = self.module
-        return m.source_type if isinstance(m, QuantBlock) else f"{m.kind} layer"
-
-
-def _capture_unit(run: _Run, index: int, name: str, module: nn.Module, previous_output) -> _Unit:
+def _capture_unit(run: ReconRun, index: int, name: str, module: nn.Module, previous_output) -> ReconUnit:
     """The unit's FP input and output (teacher) and its input in the quantized model (units
     before it already quantized) on all calibration images. ``previous_output``: the unit before's
     quantized output on all images, or None."""
     fp_in, fp_out = run.fp.take(index)
     q_in = student_input(run.student, module, run.images, run.chunk, previous_output, run.chained[index])
-    return _Unit(index, name, module, fp_in, q_in, fp_out)
+    return ReconUnit(index, name, module, fp_in, q_in, fp_out)
 
 
 class _Progress:
     """After each step: every ``report_every`` iterations (and at the end) check the new losses
     are finite, send them as :class:`UnitProgress` and advance the bar."""
 
-    def __init__(self, unit: _Unit, run: _Run, losses: torch.Tensor):
+    def __init__(self, unit: ReconUnit, run: ReconRun, losses: torch.Tensor):
         self.unit, self.run, self.losses, self.last = unit, run, losses, 0
 
     def __call__(self, done: int) -> None:
@@ -232,7 +128,7 @@ class _Progress:
         self.last = done
 
 
-def _train_unit(unit: _Unit, run: _Run) -> tuple:
+def _train_unit(unit: ReconUnit, run: ReconRun) -> tuple:
     """Learn the unit's softbits and step sizes (``run.cfg.iters`` steps, soft rounding); returns
     the reconstruction loss per iteration on the CPU (empty for ``iters=0`` or nothing to learn)
     and :meth:`UnitTrainer.floor_record`."""
@@ -266,7 +162,7 @@ def _finalize_unit(module: nn.Module) -> None:
             m.finalize()
 
 
-def _checked_error(unit: _Unit, chunk: int, when: str, keep_output: bool = False) -> tuple:
+def _checked_error(unit: ReconUnit, chunk: int, when: str, keep_output: bool = False) -> tuple:
     """``(error, outputs)``: :func:`genie.quant.recon_primitives.unit_error` of the unit. NaN or Inf
     stops the run, naming the unit and the first non-finite tensor it holds (or its input, when
     it holds none)."""
@@ -345,7 +241,7 @@ def reconstruct(
                                           chained_units(qmodel.net, names, images[:1]))]
         fp = TeacherActivations(teacher, names, images, chunk, cfg.capture_mb << 20, chained)
         search_generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        run = _Run(teacher, qmodel.net, images, cfg, qmodel.config.quantizer, qmodel.config.p_norm, generator,
+        run = ReconRun(teacher, qmodel.net, images, cfg, qmodel.config.quantizer, qmodel.config.p_norm, generator,
                    search_generator, chunk, fp, chained, callback, bar, report_every, cuda_graph)
         checkpoints = None
         if checkpoint_dir is not None:
@@ -392,14 +288,14 @@ def _report_record(report: UnitReport) -> dict:
             "tie_moves": [vars(m) for m in report.tie_moves]}
 
 
-def _rng_states(run: _Run) -> dict:
+def _rng_states(run: ReconRun) -> dict:
     """The generators' states between two units (the CUDA default generator draws QDrop masks on GPUs)."""
     device = run.images.device
     return {"batches": run.generator.get_state(), "search": run.search_generator.get_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _restore_units(checkpoints: ReconCheckpoints, run: _Run, units: list) -> list:
+def _restore_units(checkpoints: ReconCheckpoints, run: ReconRun, units: list) -> list:
     """Bring back the units an interrupted run finished (their state, reports and the generators'
     states after the last of them); returns their :class:`UnitReport` s."""
     reports = []
@@ -420,7 +316,7 @@ def _restore_units(checkpoints: ReconCheckpoints, run: _Run, units: list) -> lis
     return reports
 
 
-def _announce_resume(reports: list, run: _Run, units: list) -> None:
+def _announce_resume(reports: list, run: ReconRun, units: list) -> None:
     """Restored units: one :class:`UnitRestored` each (monitors draw them), and the bar moved on."""
     for index, r in enumerate(reports):
         emit(run.callback, UnitRestored(index, r.name, r.kind, r.init_error, r.final_error, r.losses, r.seconds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
@@ -14,9 +14,7 @@ from .act_quantizer import ActQuantizer
 from .fake_quant import bernoulli_mask
 from .layers import QuantLayer
 from .recon_primitives import batch_indices, output_units, reconstruction_loss, take_rows
-
-if TYPE_CHECKING:  # only for annotations: the solver imports this module
-    from .reconstruction import ReconConfig, _Run, _Unit
+from .recon_state import ReconConfig, ReconRun, ReconUnit
 
 
 @dataclass
@@ -71,7 +69,7 @@ class UnitTrainer:
     """The optimisation of one unit, as a step whose state (iteration counter, schedules, loss
     record, batch indices) lives on the device: eager and CUDA-graph replay run the same code."""
 
-    def __init__(self, unit: _Unit, run: _Run):
+    def __init__(self, unit: ReconUnit, run: ReconRun):
         cfg = run.cfg
         self.module, self.fp_in, self.q_in, self.fp_out, self.cfg = unit.module, unit.fp_in, unit.q_in, unit.fp_out, cfg
         device = unit.q_in.device
