@@ -140,8 +140,8 @@ def fp_evaluation(model: torch.nn.Module, test, progress: bool = False) -> dict:
     evaluated every time)."""
     if not isinstance(test, LabeledImages):
         return evaluate(model, test, progress=progress, desc="FP32 evaluate", keep_predictions=True)
-    key = (weights_fingerprint(model), tensor_digest([("images", test.images), ("labels", test.labels)]), str(next(model.parameters()).device),
-           torch.get_num_threads())
+    test_set = tensor_digest([("images", test.images), ("labels", test.labels)])
+    key = (weights_fingerprint(model), test_set, str(next(model.parameters()).device), torch.get_num_threads())
     if key not in _FP_EVALUATIONS:
         while len(_FP_EVALUATIONS) >= _FP_EVALUATIONS_KEPT:
             _FP_EVALUATIONS.pop(next(iter(_FP_EVALUATIONS)))

@@ -23,9 +23,9 @@ whose worker dies is run again ``--retries`` times (default 1), then recorded as
 Values are parsed as Python literals when they can be (``4``, ``0.5``, ``True``, ``None``,
 ``"text"``); ``true``/``false``/``none`` are accepted in lower case; anything else is a string,
 except a value that opens a list, tuple, dict or quote it does not close (``[2,4``): that is
-refused. A value of another kind than the notebook's default for that parameter (a string
-where the default is ``True``, a float or a bool where it is an integer, a number where it is a
-list) is refused before the first run. Every argument is parsed before the first run: a name given twice (two ``--grid``
+refused, and so is a value of another kind than the notebook's default for that parameter (a
+string where the default is ``True``, a float or a bool where it is an integer, a number where it
+is a list). Every argument is parsed before the first run: a name given twice (two ``--grid``
 or ``--set`` of one name, one name both swept and set, a case label twice) is refused, not
 overridden. Exit status: 0 when every run succeeded (or was reused), 1 when one failed (the others still run,
 unless ``--fail-fast``), 2 for bad arguments.
