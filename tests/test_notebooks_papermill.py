@@ -182,11 +182,11 @@ def test_quickstart_runs_headless_with_injected_parameters(tmp_path):
 # the sweep helper
 
 
-def _tiny(path, body):
+def _tiny(path, body, params="x = 1\nout_dir = 'runs/tiny'"):
     nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    params = new_code_cell("x = 1\nout_dir = 'runs/tiny'")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, new_code_cell(body)]
+    cell = new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, new_code_cell(body)]
     nbformat.write(nb, path)
     return path
 
@@ -213,13 +213,8 @@ def test_sweep_rejects_unknown_parameters_before_running(tmp_path, capsys):
 
 
 def _kinds_notebook(path):
-    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    params = new_code_cell("flag = True\ncount = 4\nrate = 0.5\nname = 'a'\nsizes = [1, 2]\nanything = None\n"
-                           "computed = 2 ** 3\nout_dir = 'runs/kinds'")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params]
-    nbformat.write(nb, path)
-    return path
+    return _tiny(path, "pass", "flag = True\ncount = 4\nrate = 0.5\nname = 'a'\nsizes = [1, 2]\nanything = None\n"
+                               "computed = 2 ** 3\nout_dir = 'runs/kinds'")
 
 
 @pytest.mark.parametrize("key, value, words", [
