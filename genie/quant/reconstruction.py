@@ -242,7 +242,7 @@ def reconstruct(
         fp = TeacherActivations(teacher, names, images, chunk, cfg.capture_mb << 20, chained)
         search_generator = torch.Generator(device=device).manual_seed(cfg.seed)
         run = ReconRun(teacher, qmodel.net, images, cfg, qmodel.config.quantizer, qmodel.config.p_norm, generator,
-                   search_generator, chunk, fp, chained, callback, bar, report_every, cuda_graph)
+                       search_generator, chunk, fp, chained, callback, bar, report_every, cuda_graph)
         checkpoints = None
         if checkpoint_dir is not None:
             fingerprint = recon_fingerprint(teacher, qmodel.net, images, cfg, qmodel.config.to_dict(), names, device)
