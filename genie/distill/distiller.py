@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..cpu_memory import retain_freed_memory
 from ..devices import model_device
 from ..errors import GenieError, shown
 from ..events import BatchDone, Callback, DistillProgress, DistillSnapshot, emit
@@ -236,6 +237,8 @@ def distill(
     require_finite_model(model, f"{type(model).__name__} (its weights or BatchNorm statistics)")
     require_positive_bn_variance(model, type(model).__name__)
     device = model_device(model)
+    if device.type == "cpu":  # the step's tensors reused from the heap, not faulted in anew
+        retain_freed_memory()
     # the step's teacher: a copy, BatchNorm folded into the convolutions where the statistics
     # survive it (one elementwise pass less each way per layer), swing-wrapped, in the CPU layout
     work = copy.deepcopy(model).eval()

@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..cpu_memory import retain_freed_memory
 from ..devices import model_device
 from ..errors import GenieError
 from ..events import Callback, UnitEnd, UnitProgress, UnitRestored, UnitStart, emit
@@ -222,6 +223,8 @@ def reconstruct(
     teacher = _resolve_teacher(qmodel, teacher)
     check_calibration_images(teacher, images)
     device = model_device(qmodel)
+    if device.type == "cpu":  # the step's tensors reused from the heap, not faulted in anew
+        retain_freed_memory()
     teacher.to(device).eval()
     qmodel.eval()
     images = images_on(device, images, teacher)
