@@ -61,3 +61,28 @@ def test_the_environment_switch_turns_it_off():
     off = _probe(apply=True, env_value="0")
     assert off["applied"] is False and off["again"] is False
     assert off["faults"] > 20 * 30000, off
+
+
+def test_the_cpu_loops_keep_freed_memory(monkeypatch):
+    """distill, reconstruct and measure_sensitivity ask for the setting when they run on a CPU."""
+    import torch
+    from torch import nn
+
+    import genie.distill.distiller as distiller
+    import genie.quant.reconstruction as reconstruction
+    import genie.quant.sensitivity as sensitivity
+    from genie.distill import distill
+    from genie.quant import quantize_model, reconstruct
+    from genie.quant.sensitivity import measure_sensitivity
+
+    calls = []
+    for module in (distiller, reconstruction, sensitivity):
+        monkeypatch.setattr(module, "retain_freed_memory", lambda m=module.__name__: calls.append(m) or True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    distill(model, 8, num_images=4, batch_size=4, iters=1, progress=False)
+    x = torch.randn(8, 3, 8, 8)
+    reconstruct(quantize_model(model, x, w_bits=4, a_bits=4), x, iters=1, batch_size=4, progress=False)
+    measure_sensitivity(model, x, candidates=(2, 4), method="kl", chunk_size=8)
+    assert calls == ["genie.distill.distiller", "genie.quant.reconstruction", "genie.quant.sensitivity"]

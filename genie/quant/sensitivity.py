@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_memory import retain_freed_memory
 from ..devices import model_device
 from ..digests import tensor_bytes
 from ..errors import GenieError, shown
@@ -283,6 +284,8 @@ def measure_sensitivity(
     qm.release_teacher()
     qm.eval()
     device = model_device(qm)
+    if device.type == "cpu":  # the passes' tensors reused from the heap, not faulted in anew
+        retain_freed_memory()
     chunk = chunk_size or (256 if device.type == "cpu" else 1024)
     free = [(n, layer) for n, layer in qm.layers() if n not in qm.fixed_w_bits]
     sources = qm.layer_sources()
