@@ -1,12 +1,14 @@
 """genie.cpu_memory: freed CPU memory kept for reuse, so repeated large allocations stop
 page-faulting. Each case runs in a fresh interpreter: the setting is per process and sticks."""
 import json
-import platform
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from genie.cpu_memory import is_glibc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,12 +34,11 @@ faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps({{"applied": applied, "again": again, "faults": faults}}))
 """
 
-glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the setting is glibc's (mallopt)")
+glibc_only = pytest.mark.skipif(not is_glibc(), reason="the setting is glibc's (mallopt)")
 
 
 def _probe(apply: bool, env_value=None) -> dict:
-    env = {k: v for k, v in __import__("os").environ.items() if k != "GENIE_RETAIN_CPU_MEMORY"}
+    env = {k: v for k, v in os.environ.items() if k != "GENIE_RETAIN_CPU_MEMORY"}
     if env_value is not None:
         env["GENIE_RETAIN_CPU_MEMORY"] = env_value
     env["OMP_NUM_THREADS"] = "1"
