@@ -14,14 +14,17 @@ guide gives the same advice as a preloaded allocator (jemalloc, tcmalloc); this 
 :func:`retain_freed_memory` raises both thresholds once per process: the process then keeps up
 to :data:`TRIM_THRESHOLD` bytes of freed memory for reuse (its resident size stays near its peak
 after a run). It is a no-op off glibc (macOS, Windows, musl) and with ``GENIE_RETAIN_CPU_MEMORY=0``
-in the environment. ``distill``, ``reconstruct`` and ``measure_sensitivity`` call it when they run
-on a CPU.
+in the environment. ``distill``, ``reconstruct`` and ``measure_sensitivity`` call it with their device.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
+from typing import Optional
+
+import torch
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -35,8 +38,6 @@ MMAP_THRESHOLD_FALLBACK = 32 << 20
 # free memory at the top of the heap above this goes back to the kernel
 TRIM_THRESHOLD = 1 << 30
 ENV_SWITCH = "GENIE_RETAIN_CPU_MEMORY"
-
-_state = {"applied": None}
 
 
 def is_glibc() -> bool:
@@ -60,18 +61,23 @@ def _glibc_mallopt():
     return mallopt
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(device: Optional[torch.device] = None) -> bool:
     """Make glibc keep freed blocks up to :data:`MMAP_THRESHOLD` and up to :data:`TRIM_THRESHOLD`
-    of free heap top for reuse (module docstring). Once per process; returns whether the
-    settings are in force (False off glibc, or when ``GENIE_RETAIN_CPU_MEMORY=0``)."""
-    if _state["applied"] is not None:
-        return _state["applied"]
-    applied = False
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off"):
-        mallopt = _glibc_mallopt()
-        if mallopt is not None:
-            threshold_set = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 or \
-                mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_FALLBACK) == 1
-            applied = threshold_set and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    _state["applied"] = applied
-    return applied
+    of free heap top for reuse (module docstring), when the run is on ``device`` and that is a
+    CPU (None: a CPU). Once per process; returns whether the settings are in force (False for a
+    GPU, off glibc, or when ``GENIE_RETAIN_CPU_MEMORY=0``)."""
+    if device is not None and device.type != "cpu":  # a GPU run's tensors are not malloc's
+        return False
+    return _set_thresholds()
+
+
+@functools.lru_cache(maxsize=None)
+def _set_thresholds() -> bool:
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
+        return False
+    threshold_set = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 or \
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_FALLBACK) == 1
+    return threshold_set and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1

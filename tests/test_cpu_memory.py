@@ -65,7 +65,7 @@ def test_the_environment_switch_turns_it_off():
 
 
 def test_the_cpu_loops_keep_freed_memory(monkeypatch):
-    """distill, reconstruct and measure_sensitivity ask for the setting when they run on a CPU."""
+    """distill, reconstruct and measure_sensitivity ask for the setting with the device they run on."""
     import torch
     from torch import nn
 
@@ -78,7 +78,8 @@ def test_the_cpu_loops_keep_freed_memory(monkeypatch):
 
     calls = []
     for module in (distiller, reconstruction, sensitivity):
-        monkeypatch.setattr(module, "retain_freed_memory", lambda m=module.__name__: calls.append(m) or True)
+        monkeypatch.setattr(module, "retain_freed_memory",
+                            lambda device, m=module.__name__: calls.append((m, device.type)) or True)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
@@ -86,4 +87,13 @@ def test_the_cpu_loops_keep_freed_memory(monkeypatch):
     x = torch.randn(8, 3, 8, 8)
     reconstruct(quantize_model(model, x, w_bits=4, a_bits=4), x, iters=1, batch_size=4, progress=False)
     measure_sensitivity(model, x, candidates=(2, 4), method="kl", chunk_size=8)
-    assert calls == ["genie.distill.distiller", "genie.quant.reconstruction", "genie.quant.sensitivity"]
+    assert calls == [("genie.distill.distiller", "cpu"), ("genie.quant.reconstruction", "cpu"),
+                     ("genie.quant.sensitivity", "cpu")]
+
+
+def test_a_gpu_run_leaves_malloc_alone(monkeypatch):
+    import genie.cpu_memory as cpu_memory
+    import torch
+
+    monkeypatch.setattr(cpu_memory, "_set_thresholds", lambda: pytest.fail("malloc set for a GPU run"))
+    assert cpu_memory.retain_freed_memory(torch.device("cuda")) is False

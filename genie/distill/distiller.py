@@ -237,8 +237,7 @@ def distill(
     require_finite_model(model, f"{type(model).__name__} (its weights or BatchNorm statistics)")
     require_positive_bn_variance(model, type(model).__name__)
     device = model_device(model)
-    if device.type == "cpu":  # the step's tensors reused from the heap, not faulted in anew
-        retain_freed_memory()
+    retain_freed_memory(device)  # on a CPU: the step's tensors reused from the heap, not faulted in anew
     # the step's teacher: a copy, BatchNorm folded into the convolutions where the statistics
     # survive it (one elementwise pass less each way per layer), swing-wrapped, in the CPU layout
     work = copy.deepcopy(model).eval()

@@ -223,8 +223,7 @@ def reconstruct(
     teacher = _resolve_teacher(qmodel, teacher)
     check_calibration_images(teacher, images)
     device = model_device(qmodel)
-    if device.type == "cpu":  # the step's tensors reused from the heap, not faulted in anew
-        retain_freed_memory()
+    retain_freed_memory(device)  # on a CPU: the step's tensors reused from the heap, not faulted in anew
     teacher.to(device).eval()
     qmodel.eval()
     images = images_on(device, images, teacher)

@@ -284,8 +284,7 @@ def measure_sensitivity(
     qm.release_teacher()
     qm.eval()
     device = model_device(qm)
-    if device.type == "cpu":  # the passes' tensors reused from the heap, not faulted in anew
-        retain_freed_memory()
+    retain_freed_memory(device)  # on a CPU: the passes' tensors reused from the heap, not faulted in anew
     chunk = chunk_size or (256 if device.type == "cpu" else 1024)
     free = [(n, layer) for n, layer in qm.layers() if n not in qm.fixed_w_bits]
     sources = qm.layer_sources()
