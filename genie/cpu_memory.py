@@ -6,7 +6,7 @@ to the largest block freed, at most 32 MiB) with new ``mmap`` pages and gives th
 ``free``, and it hands the heap's free top back to the kernel once it exceeds
 ``M_TRIM_THRESHOLD``. An eager step allocates and frees the same large activations every
 iteration, so part of them come back as fresh pages, a page fault per 4 KiB, the kernel zeroing
-each: 2,400-9,600 faults per ResNet-20 distillation step of 128 images, at ~2 us each 2-7 % of
+each: 2,400-9,600 faults per ResNet-20 distillation step of 128 images, at 1.5-2 us each 1-7 % of
 the step on a 2-core VM (AMD EPYC Zen 4, AVX-512 and AVX2 kernels alike; ~100 faults a step
 with the settings below; benchmarks/RESULTS.md, "Page faults in the step"). PyTorch's CPU tuning
 guide gives the same advice as a preloaded allocator (jemalloc, tcmalloc); this needs no preload.
