@@ -97,3 +97,16 @@ def test_a_gpu_run_leaves_malloc_alone(monkeypatch):
 
     monkeypatch.setattr(cpu_memory, "_set_thresholds", lambda: pytest.fail("malloc set for a GPU run"))
     assert cpu_memory.retain_freed_memory(torch.device("cuda")) is False
+
+
+@glibc_only
+def test_page_faults_benchmark_runs_and_sees_the_faults():
+    """benchmarks/page_faults.py at tiny settings: both arms and glibc's default reported, and the
+    arm that maps every block afresh faults more than genie's setting."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "page_faults.py"), "--pairs", "1", "--steps", "2",
+                           "--images", "8", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = {line.split(":")[0]: line for line in done.stdout.splitlines() if ": " in line}
+    faults = {k: float(lines[k].split(" ms a step, ")[1].split(" faults")[0])
+              for k in ("glibc default (own process)", "genie's setting", "every block > 128 KiB mapped afresh")}
+    assert faults["every block > 128 KiB mapped afresh"] > faults["genie's setting"] + 1000, done.stdout
